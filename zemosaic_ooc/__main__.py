@@ -1,0 +1,7 @@
+"""``python -m zemosaic_ooc`` is the ``zemosaic-ooc`` command."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

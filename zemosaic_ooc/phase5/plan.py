@@ -1,0 +1,79 @@
+"""The run plan: per-tile scalars and the global numbers every block task reads.
+
+The plan is decided by the driver between stages (DESIGN principle 2) and is
+JSON-serialisable so it can be stored in the output store and shipped to
+workers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..backend import Backend
+from ..store.tiles import TileRecord, TileStore
+from .mapping import TileGeometry, crop_margins
+from .prep import TilePlan, prepare_region, tile_weights_v4
+
+
+def build_tile_plans(records: list[TileRecord], opts: Any) -> list[TilePlan]:
+    """§2.2–§2.6 per-tile scalars from the ingested records and the options."""
+    taus = tile_weights_v4(
+        [r.nframes_raw for r in records], enabled=bool(opts.enable_tile_weighting),
+        mode=str(opts.tile_weight_mode), v4=bool(opts.tile_weight_v4_enabled),
+        curve=str(opts.tile_weight_v4_curve), strength=float(opts.tile_weight_v4_strength),
+        w_min=float(opts.tile_weight_v4_min), w_max=float(opts.tile_weight_v4_max))
+    floor = float(opts.phase5_alpha_weight_floor)
+    floor = 0.0 if not np.isfinite(floor) else float(np.clip(floor, 0.0, 1.0))
+    plans = []
+    for record, tau in zip(records, taus):
+        crop = crop_margins(record.shape_hw, bool(opts.apply_master_tile_crop),
+                            float(opts.master_tile_crop_percent), bool(opts.quality_crop_enabled))
+        alpha_is_int = bool(record.alpha_dtype) and np.dtype(record.alpha_dtype).kind in "iu"
+        plans.append(TilePlan(
+            index=record.index, tile_id=record.tile_id, header_text=record.header,
+            shape_hw=tuple(record.shape_hw), crop_hw=crop, has_alpha=record.has_alpha,
+            alpha_is_int=alpha_is_int,
+            alpha_scale_255=alpha_is_int and (record.alpha_max or 0.0) > 1.0,
+            soft_weights=bool(opts.phase5_alpha_soft_weights), weight_floor=floor,
+            tau=float(tau), empty_flag=record.empty_flag))
+    return plans
+
+
+def geometry(tile: TilePlan) -> TileGeometry:
+    return TileGeometry(tile.index, tile.header_text, tuple(tile.shape_hw), tuple(tile.crop_hw))
+
+
+def read_raw_region(store: TileStore, tile: TilePlan, rows: tuple[int, int],
+                    cols: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Raw (C, h, w) data and raw alpha of a cropped-tile region [r0, r1) × [c0, c1)."""
+    dh, dw = tile.crop_hw
+    rs = slice(rows[0] + dh, rows[1] + dh)
+    cs = slice(cols[0] + dw, cols[1] + dw)
+    data = store.read_data(tile.index, rs, cs)
+    alpha = store.read_alpha(tile.index, rs, cs) if tile.has_alpha else None
+    return data, alpha
+
+
+def load_prepared_tile(backend: Backend, store: TileStore, tile: TilePlan, *,
+                       apply_gain_offset: bool = True) -> tuple[Any, Any, Any]:
+    """The whole prepared (cropped) tile: (data (C,h,w) f32, mask m f32, weight ω f64)."""
+    h, w = tile.cropped_hw
+    data, alpha = read_raw_region(store, tile, (0, h), (0, w))
+    return prepare_region(backend, backend.asarray(data),
+                          None if alpha is None else backend.asarray(alpha), tile,
+                          apply_gain_offset=apply_gain_offset)
+
+
+def nan_threshold(backend: Backend, store: TileStore, tile: TilePlan) -> float:
+    """§2.8 θ of a tile: 0.5 if max(mask) > 0.5 else 0 (mask = a_t or m_t)."""
+    saved = tile.nan_threshold
+    tile.nan_threshold = None
+    try:
+        _, mask, _ = load_prepared_tile(backend, store, tile, apply_gain_offset=False)
+    finally:
+        tile.nan_threshold = saved
+    xp = backend.xp
+    maximum = float(xp.max(mask)) if mask.size else 0.0
+    return 0.5 if maximum > 0.5 else 0.0
