@@ -190,44 +190,37 @@ def _parse_option_item(item: str) -> tuple[str, Any]:
     return key, parse_option_value(value)
 
 
-def _set_option(opts: Phase5Options, key: str, value: Any, origin: str) -> None:
+def build_options(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Phase5Options:
+    """Phase5Options from ``--option KEY=VALUE`` items and the explicit flags (which win).
+
+    Everything goes through :meth:`Phase5Options.from_mapping`, so ZeMosaic keys are applied
+    before our own (an explicit ``--gpu`` wins over ``use_gpu_phase5``) and the cross-field
+    checks run once at the end.
+    """
+    values: dict[str, Any] = {}
+    for item in getattr(args, "option", None) or []:
+        key, value = _parse_option_item(item)
+        values.pop(key, None)  # a repeated key: the last one wins, in its new position
+        values[key] = value
+    for dest in ("gpu", "memory_budget", "gpu_memory_budget", "block_size", "scheduler",
+                 "photometry", "grid"):
+        value = getattr(args, dest, None)
+        if value is not None:
+            values.pop(dest, None)
+            values[dest] = value
+    for dest in ("skip_bad_tiles", "overwrite", "durable"):
+        if getattr(args, dest, False):
+            values.pop(dest, None)
+            values[dest] = True
+    for key, value in (extra or {}).items():
+        values.pop(key, None)
+        values[key] = value
     try:
-        opts.set(key, value)
+        return Phase5Options.from_mapping(values)
     except OptionError:
         raise
     except (TypeError, ValueError) as exc:
-        raise OptionError(f"{origin}: {exc}") from exc
-
-
-def build_options(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Phase5Options:
-    """Phase5Options from ``--option KEY=VALUE`` items, then the explicit flags (which win)."""
-    opts = Phase5Options()
-    for item in getattr(args, "option", None) or []:
-        key, value = _parse_option_item(item)
-        _set_option(opts, key, value, f"--option {item}")
-    flags: dict[str, Any] = {}
-    for dest, key in (("gpu", "gpu"), ("memory_budget", "memory_budget"),
-                      ("gpu_memory_budget", "gpu_memory_budget"), ("block_size", "block_size"),
-                      ("scheduler", "scheduler"), ("photometry", "photometry"),
-                      ("grid", "grid")):
-        value = getattr(args, dest, None)
-        if value is not None:
-            flags[key] = value
-    for dest in ("skip_bad_tiles", "overwrite", "durable"):
-        if getattr(args, dest, False):
-            flags[dest] = True
-    flags.update(extra or {})
-    for key, value in flags.items():
-        _set_option(opts, key, value, "--" + key.replace("_", "-"))
-    validate = getattr(opts, "validate", None)
-    if callable(validate):
-        try:
-            validate()
-        except OptionError:
-            raise
-        except (TypeError, ValueError) as exc:
-            raise OptionError(str(exc)) from exc
-    return opts
+        raise OptionError(str(exc)) from exc
 
 
 def _expand_tiles(items: Sequence[str]) -> list[Path]:
@@ -279,12 +272,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    options = build_options(args)
-    if not args.no_run:
-        try:  # the demo owns DIR/demo.*: a second run replaces them
-            options.set("overwrite", True)
-        except OptionError:  # pragma: no cover - an options module without the key
-            log.debug("options have no 'overwrite' key")
+    # the demo owns DIR/demo.*: a second run replaces them
+    options = build_options(args, extra=None if args.no_run else {"overwrite": True})
     from .demo import make_demo_tiles  # lazy
 
     out_dir = Path(args.dir)

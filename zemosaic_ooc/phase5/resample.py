@@ -67,8 +67,8 @@ def sample_bilinear(backend: Backend, planes: Any, origin: tuple[int, int],
     i0 = i0 - origin[1]
     j0 = j0 - origin[0]
     region_h, region_w = planes.shape[-2], planes.shape[-1]
-    i1 = xp.minimum(i0 + 1, region_w - 1)
-    j1 = xp.minimum(j0 + 1, region_h - 1)
+    i1 = xp.clip(i0 + 1, 0, region_w - 1)
+    j1 = xp.clip(j0 + 1, 0, region_h - 1)
     i0 = xp.clip(i0, 0, region_w - 1)
     j0 = xp.clip(j0, 0, region_h - 1)
     p00 = planes[:, j0, i0].astype(xp.float64)

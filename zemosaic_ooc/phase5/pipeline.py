@@ -1,0 +1,368 @@
+"""The Phase-5 stage sequence: the only module that knows the order of stages.
+
+ingest → plan (grid, tile scalars, §2.8 thresholds, boxes) → calibrate (§3) →
+alpha-union bboxes (§5.3) → background offsets (§4) → pass-1 blocks (§5.1–5.3)
+→ autocrop window (§5.4) → finish blocks (§5.5) → export.
+Two-pass (§6) and the patchwork suppressor (§7) are not implemented yet: a
+default run performs the first pass and says so in its summary.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import psutil
+
+from ..backend import Backend, numpy_backend
+from ..errors import InputError, StoreError
+from ..options import Phase5Options
+from ..progress import NullProgress, ProgressSink
+from ..store.journal import Journal
+from ..store.mosaic import MosaicStore
+from ..store.tiles import TileStore, ingest_tiles
+from .background import background_offsets
+from .calibrate import CalibrationResult, calibrate
+from .coadd import BlockResult, coadd_block, union_bbox
+from .finish import alpha_source_index, alpha_u8, autocrop_window, finish_values
+from .grid import Box, compute_output_grid, grid_from_header, iter_blocks, reproject_box
+from .mapping import OutputGrid
+from .plan import build_tile_plans, geometry, load_prepared_tile, nan_threshold
+from .prep import TilePlan
+
+log = logging.getLogger(__name__)
+
+BYTES_PER_BLOCK_PIXEL = 220   # working set of a pass-1 block task per output pixel (measured)
+
+
+@dataclass
+class RunSummary:
+    """What a run did, for the CLI's one-screen summary, the API and the report."""
+
+    output: str
+    shape_hw: tuple[int, int]
+    window: Box
+    n_tiles: int
+    backend: str
+    block_size: int
+    workers: int
+    stages: list[tuple[str, float]] = field(default_factory=list)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    background_offsets: list[list[float]] = field(default_factory=list)
+    tile_weights: list[float] = field(default_factory=list)
+    autocrop_fired: bool = False
+    valid_fraction: float = 0.0
+    peak_rss_bytes: int = 0
+    steps_run: list[str] = field(default_factory=list)
+    steps_skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    fits_path: str | None = None
+    preview_path: str | None = None
+
+    def format(self) -> str:
+        y0, y1, x0, x1 = self.window
+        lines = [
+            f"zemosaic-ooc: Phase 5 finished -> {self.output}",
+            f"  mosaic      {y1 - y0} x {x1 - x0} px (H x W) from {self.n_tiles} tiles"
+            + (f", autocrop window rows {y0}:{y1} cols {x0}:{x1} of the {self.shape_hw[0]} x "
+               f"{self.shape_hw[1]} grid" if self.autocrop_fired else ""),
+            f"  valid       {100.0 * self.valid_fraction:.1f} % of pixels",
+            f"  backend     {self.backend}, blocks of {self.block_size} px, {self.workers} worker(s)",
+            f"  steps run   {', '.join(self.steps_run)}",
+        ]
+        if self.steps_skipped:
+            lines.append(f"  not run     {', '.join(self.steps_skipped)}")
+        cal = self.calibration
+        if cal:
+            gains = ", ".join(f"{g:.4f}" for g in cal.get("gains", []))
+            offsets = ", ".join(f"{o:+.3f}" for o in cal.get("offsets", []))
+            lines.append(f"  inter-tile  {cal.get('status')}: gains [{gains}] offsets [{offsets}] ADU")
+            if cal.get("guard_reasons"):
+                lines.append(f"              under-constrained guard: {', '.join(cal['guard_reasons'])}")
+        if self.background_offsets:
+            rows = "; ".join("(" + ", ".join(f"{v:+.2f}" for v in row) + ")" for row in self.background_offsets)
+            lines.append(f"  background  per tile R,G,B: {rows}")
+        lines.append("  stages      " + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.stages))
+        lines.append(f"  peak RSS    {self.peak_rss_bytes / 2**20:.0f} MiB")
+        if self.fits_path:
+            lines.append(f"  FITS        {self.fits_path}")
+        if self.preview_path:
+            lines.append(f"  preview     {self.preview_path}")
+        for warning in self.warnings:
+            lines.append(f"  warning     {warning}")
+        return "\n".join(lines)
+
+
+class _PeakRss:
+    """Samples the process RSS; psutil's peak where the platform has it."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+        self.peak = 0
+
+    def sample(self) -> int:
+        rss = self.process.memory_info().rss
+        self.peak = max(self.peak, rss)
+        return self.peak
+
+
+def choose_block_size(opts: Phase5Options, workers: int) -> int:
+    """Blocks equal the output chunks: from ``--block-size`` or the memory budget."""
+    if opts.block_size:
+        return int(opts.block_size)
+    budget = int(opts.memory_budget)
+    pixels = budget / (max(1, workers) * BYTES_PER_BLOCK_PIXEL * 2)
+    side = int(math.sqrt(max(pixels, 1)))
+    side = max(128, min(4096, (side // 128) * 128))
+    return side
+
+
+def _run_blocks(blocks: Sequence[Box], task: Callable[[Box], Any], workers: int,
+                progress: ProgressSink, stage: str, rss: _PeakRss) -> list[Any]:
+    progress.start(stage, len(blocks))
+    results: list[Any] = [None] * len(blocks)
+    if workers <= 1:
+        for k, block in enumerate(blocks):
+            results[k] = task(block)
+            rss.sample()
+            progress.advance(stage)
+    else:
+        with cf.ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(task, block): k for k, block in enumerate(blocks)}
+            for future in cf.as_completed(futures):
+                results[futures[future]] = future.result()
+                rss.sample()
+                progress.advance(stage)
+    progress.finish(stage)
+    return results
+
+
+def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
+                 options: Phase5Options | None = None, *,
+                 fits_path: str | Path | None = None, preview_path: str | Path | None = None,
+                 progress: ProgressSink | None = None, backend: Backend | None = None,
+                 workers: int | None = None, grid: tuple[Any, tuple[int, int]] | None = None
+                 ) -> RunSummary:
+    """Run Phase 5 from master-tile FITS files to a MosaicStore (and optional FITS/PNG).
+
+    ``grid`` = (WCS, (H, W)) overrides the computed output grid (else ``options.grid``,
+    a FITS header file, else spec §1).
+    """
+    opts = options or Phase5Options()
+    progress = progress or NullProgress()
+    backend = backend or numpy_backend(int(opts.memory_budget))
+    workers = workers or min(os.cpu_count() or 1, 8)
+    rss = _PeakRss()
+    stages: list[tuple[str, float]] = []
+    warnings_list: list[str] = []
+    output = Path(output)
+    if not tile_paths:
+        raise InputError(None, "no input tiles were given")
+    if output.exists() and any(output.iterdir()) and not getattr(opts, "overwrite", False):
+        raise StoreError(f"{output}: output store already exists (use --overwrite to replace it)")
+    parent = output.parent if str(output.parent) else Path(".")
+    if parent.exists() and not os.access(parent, os.W_OK):
+        raise StoreError(f"{output}: output folder is not writable")
+
+    # ---- ingest (validates every tile before writing anything)
+    t0 = time.perf_counter()
+    staging = output.with_name(output.name + ".ingest.partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    progress.start("ingest", len(tile_paths), unit="tile")
+    try:
+        tile_store = ingest_tiles(list(tile_paths), staging, skip_bad=bool(opts.skip_bad_tiles),
+                                  progress=lambda k, n, p: progress.advance("ingest"))
+    except Exception:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    progress.finish("ingest")
+    for record in tile_store.records:
+        warnings_list += [f"{Path(record.source).name}: {w}" for w in record.warnings]
+    warnings_list += list(tile_store.group.attrs.get("skipped", []))
+    stages.append(("ingest", time.perf_counter() - t0))
+    rss.sample()
+
+    # ---- plan
+    t0 = time.perf_counter()
+    tiles = build_tile_plans(tile_store.records, opts)
+    if grid is not None:
+        out_wcs, shape_hw = grid
+    elif getattr(opts, "grid", None):
+        from astropy.io import fits
+        try:
+            out_wcs, shape_hw = grid_from_header(fits.getheader(str(opts.grid)))
+        except Exception as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise InputError(opts.grid, f"cannot use as output grid ({exc})") from exc
+    else:
+        out_wcs, shape_hw = compute_output_grid([geometry(t) for t in tiles])
+    out_grid = OutputGrid(out_wcs, shape_hw)
+    block = choose_block_size(opts, workers)
+    if output.exists():
+        shutil.rmtree(output)
+    store = MosaicStore.create(output, shape_hw, block, overwrite=True)
+    final_tiles = output / "tiles"
+    os.replace(staging, final_tiles)
+    tile_store = TileStore.open(final_tiles)
+    journal = Journal(output / "journal.sqlite")
+
+    calibration_runs = bool(opts.intertile_photometric_match) and len(tiles) >= 2
+    for tile in tiles:
+        tile.box = reproject_box(geometry(tile), out_grid, shape_hw)
+        if calibration_runs:
+            tile.nan_threshold = nan_threshold(backend, tile_store, tile)
+    stages.append(("plan", time.perf_counter() - t0))
+    rss.sample()
+
+    # ---- inter-tile calibration (§3)
+    t0 = time.perf_counter()
+    calibration = CalibrationResult(gains=[1.0] * len(tiles), offsets=[0.0] * len(tiles),
+                                    applied=False, status="disabled")
+    if calibration_runs:
+        def load(t: int) -> tuple[Any, Any]:
+            data, mask, _ = load_prepared_tile(backend, tile_store, tiles[t], apply_gain_offset=False)
+            return data, mask
+        progress.start("calibrate", 1, unit="pair")
+        calibration = calibrate(backend, [geometry(t) for t in tiles], [t.tile_id for t in tiles],
+                                [t.tau for t in tiles], out_wcs, shape_hw, opts, load,
+                                progress=lambda k, n: progress.advance("calibrate", 0))
+        progress.finish("calibrate")
+        for tile, g, o in zip(tiles, calibration.gains, calibration.offsets):
+            tile.gain, tile.offset = float(g), float(o)
+    stages.append(("calibrate", time.perf_counter() - t0))
+    rss.sample()
+
+    # ---- alpha-union bboxes (§5.3) and background offsets (§4)
+    t0 = time.perf_counter()
+    for tile in tiles:
+        tile.union_bbox = union_bbox(backend, tile_store, tile, out_grid)
+    progress.start("background", 1, unit="pair")
+    offsets, _ = background_offsets(backend, tile_store, tiles, out_grid,
+                                    progress=lambda k, n: progress.advance("background", 0))
+    progress.finish("background")
+    for tile, row in zip(tiles, offsets):
+        tile.bg_offsets = [float(v) for v in row]
+    stages.append(("background", time.perf_counter() - t0))
+    store.attrs_update(plan={"tiles": [t.to_json() for t in tiles],
+                             "calibration": calibration.to_json()},
+                       output_wcs_header=out_grid.header_text, options=opts.to_dict())
+    rss.sample()
+
+    # ---- pass 1 (§5.1–5.3)
+    t0 = time.perf_counter()
+    height, width = shape_hw
+    blocks = list(iter_blocks(shape_hw, block))
+    p1 = store.require("stages/pass1_mosaic", (height, width, 3), "float32", (block, block, 3))
+    p1_cov = store.require("stages/pass1_coverage", (height, width), "float32", (block, block))
+    p1_union = store.require("stages/alpha_union", (height, width), "float32", (block, block))
+    threshold = 0.0 if opts.crop_follow_signal else 1e-6
+
+    def pass1_task(box: Box) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+        started = time.perf_counter()
+        result = coadd_block(backend, tile_store, tiles, out_grid, box)
+        y0, y1, x0, x1 = box
+        p1[y0:y1, x0:x1, :] = result.mosaic
+        p1_cov[y0:y1, x0:x1] = result.coverage
+        p1_union[y0:y1, x0:x1] = result.union
+        journal.block_done("pass1", f"{y0}:{y1},{x0}:{x1}", backend.name, time.perf_counter() - started)
+        covered = result.coverage > threshold
+        rows = np.nonzero(covered.any(axis=1))[0]
+        cols = np.nonzero(covered.any(axis=0))[0]
+        if not rows.size:
+            return None, None
+        return (int(rows[0]) + y0, int(rows[-1]) + y0 + 1), (int(cols[0]) + x0, int(cols[-1]) + x0 + 1)
+
+    extents = _run_blocks(blocks, pass1_task, workers, progress, "pass1", rss)
+    stages.append(("pass1", time.perf_counter() - t0))
+
+    # ---- autocrop (§5.4) and finish (§5.5)
+    t0 = time.perf_counter()
+    row_ext = [e[0] for e in extents if e[0] is not None]
+    col_ext = [e[1] for e in extents if e[1] is not None]
+    covered_rows = (min(r[0] for r in row_ext), max(r[1] for r in row_ext)) if row_ext else None
+    covered_cols = (min(c[0] for c in col_ext), max(c[1] for c in col_ext)) if col_ext else None
+    window, fired = autocrop_window(covered_rows, covered_cols, shape_hw, bool(opts.crop_follow_signal))
+    wy0, wy1, wx0, wx1 = window
+    if fired and opts.crop_follow_signal:
+        src_rows = alpha_source_index(wy1 - wy0, wy0, wy1)
+        src_cols = alpha_source_index(wx1 - wx0, wx0, wx1)
+    else:
+        src_rows = np.arange(wy0, wy1) if True else None
+        src_cols = np.arange(wx0, wx1)
+    alpha_dropped = src_rows is None or src_cols is None
+    if alpha_dropped:
+        warnings_list.append("alpha union dropped after the autocrop (ZeMosaic's fallback)")
+    mosaic_arr = store.require("mosaic", (height, width, 3), "float32", (block, block, 3),
+                               fill_value=float("nan"))
+    coverage_arr = store.require("coverage", (height, width), "float32", (block, block))
+    alpha_arr = store.require("alpha", (height, width), "uint8", (block, block))
+    xp = np
+
+    def finish_task(box: Box) -> int:
+        y0, y1, x0, x1 = box
+        iy0, iy1, ix0, ix1 = max(y0, wy0), min(y1, wy1), max(x0, wx0), min(x1, wx1)
+        if iy1 <= iy0 or ix1 <= ix0:
+            return 0
+        mos = p1[iy0:iy1, ix0:ix1, :]
+        cov = p1_cov[iy0:iy1, ix0:ix1]
+        if alpha_dropped:
+            a8 = None
+        else:
+            rows = src_rows[iy0 - wy0:iy1 - wy0]
+            cols = src_cols[ix0 - wx0:ix1 - wx0]
+            region = p1_union[int(rows.min()):int(rows.max()) + 1, int(cols.min()):int(cols.max()) + 1]
+            union = region[np.ix_(rows - rows.min(), cols - cols.min())]
+            a8 = alpha_u8(union, xp)
+        mos, cov, a8 = finish_values(mos, cov, a8, xp)
+        mosaic_arr[iy0:iy1, ix0:ix1, :] = mos
+        coverage_arr[iy0:iy1, ix0:ix1] = cov
+        alpha_arr[iy0:iy1, ix0:ix1] = a8
+        return int(np.count_nonzero(np.isfinite(mos).all(axis=-1)))
+
+    valid_counts = _run_blocks(blocks, finish_task, workers, progress, "finish", rss)
+    window_pixels = max(1, (wy1 - wy0) * (wx1 - wx0))
+    stages.append(("finish", time.perf_counter() - t0))
+    store.attrs_update(window=list(window), autocrop_fired=bool(fired),
+                       steps_run=["intertile" if calibration.applied else "intertile (not applied)",
+                                  "background", "coadd", "alpha union", "autocrop", "masking"],
+                       steps_skipped=["two-pass renormalisation (§6)", "patchwork suppressor (§7)"])
+
+    summary = RunSummary(
+        output=str(output), shape_hw=tuple(shape_hw), window=window, n_tiles=len(tiles),
+        backend=backend.name, block_size=block, workers=workers, stages=stages,
+        calibration=calibration.to_json(), background_offsets=[list(t.bg_offsets) for t in tiles],
+        tile_weights=[t.tau for t in tiles], autocrop_fired=bool(fired),
+        valid_fraction=sum(valid_counts) / window_pixels,
+        steps_run=["first pass (inter-tile calibration, background matching, coadd, alpha union, "
+                   "autocrop, masking)"],
+        steps_skipped=["two-pass coverage renormalisation", "patchwork suppressor"],
+        warnings=warnings_list)
+    if opts.two_pass_coverage_renorm or opts.patchwork_suppressor_enabled:
+        summary.warnings.append("two-pass renormalisation and the patchwork suppressor are not "
+                                "implemented yet: this mosaic is ZeMosaic's first pass (ref_pass1)")
+
+    # ---- export
+    if fits_path or preview_path:
+        t0 = time.perf_counter()
+        from ..store.export import export_fits, write_preview_png
+        if fits_path:
+            export_fits(output, fits_path, overwrite=True)
+            summary.fits_path = str(fits_path)
+        if preview_path:
+            write_preview_png(output, preview_path)
+            summary.preview_path = str(preview_path)
+        stages.append(("export", time.perf_counter() - t0))
+    journal.stage_done("run", sum(s for _, s in stages))
+    journal.close()
+    summary.peak_rss_bytes = rss.sample()
+    store.attrs_update(summary={"stages": stages, "peak_rss_bytes": summary.peak_rss_bytes,
+                                "valid_fraction": summary.valid_fraction})
+    return summary

@@ -1,0 +1,367 @@
+"""Export a finished mosaic store: FITS in row slabs, and an 8-bit PNG preview.
+
+The mosaic store is a zarr v3 group with the arrays ``mosaic`` (H, W, 3) float32 (NaN = no
+data), ``coverage`` (H, W) float32 and ``alpha`` (H, W) uint8, and the attributes
+``output_wcs_header`` (FITS header text of the output WCS for the full grid), ``window``
+(``[y0, y1, x0, x1]``, the autocrop window; the full grid when absent) and optionally
+``bunit``.
+
+FITS layout (as ZeMosaic writes its mosaic): primary float32 (3, h, w) with the output WCS
+shifted to the window (``CRPIX1 -= x0``, ``CRPIX2 -= y0``), then image extensions ``COVERAGE``
+(float32, same WCS) and ``ALPHA`` (uint8).  The extensions are plain (not tile-compressed)
+images, so every slab can be written in place.
+
+Memory: the file is laid out first (astropy writes the headers; the data areas are left as
+holes of the right size), then filled slab by slab with positioned writes; a slab is at most
+``slab_rows`` rows of the window, cut at the store's chunk rows, so what is held at once is
+about ``slab_rows x w x 3`` floats plus the zarr chunks being decoded, whatever the height.
+The file is written as ``<fits_path>.partial`` and renamed when complete.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import zarr
+from astropy.io import fits
+
+log = logging.getLogger(__name__)
+
+ORIGIN = "zemosaic_ooc"
+FITS_BLOCK = 2880
+
+# cards that describe the HDU structure, never copied from the WCS header text
+_STRUCTURAL = {
+    "SIMPLE", "BITPIX", "NAXIS", "EXTEND", "XTENSION", "PCOUNT", "GCOUNT", "BSCALE", "BZERO",
+    "BLANK", "EXTNAME", "EXTVER", "END", "CHECKSUM", "DATASUM", "ZIMAGE", "ZBITPIX",
+    "ZCMPTYPE", "ORIGIN", "BUNIT",
+}
+
+__all__ = ["export_fits", "write_preview_png", "store_window", "window_wcs_header"]
+
+
+# --------------------------------------------------------------------------------------
+# store helpers
+# --------------------------------------------------------------------------------------
+
+def _open(store_path: str | Path):
+    return zarr.open_group(str(store_path), mode="r")
+
+
+def store_window(group, shape_hw: tuple[int, int] | None = None) -> tuple[int, int, int, int]:
+    """The export window ``(y0, y1, x0, x1)`` of a mosaic group, checked against its shape."""
+    if shape_hw is None:
+        shape_hw = tuple(group["mosaic"].shape[:2])
+    h, w = int(shape_hw[0]), int(shape_hw[1])
+    win = group.attrs.get("window")
+    if win is None:
+        return 0, h, 0, w
+    y0, y1, x0, x1 = (int(v) for v in win)
+    if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+        raise ValueError(f"window {[y0, y1, x0, x1]} does not fit the mosaic grid {h} x {w}")
+    return y0, y1, x0, x1
+
+
+def _parse_header(text: Any) -> fits.Header:
+    if isinstance(text, fits.Header):
+        return text.copy()
+    if isinstance(text, dict):
+        hdr = fits.Header()
+        for k, v in text.items():
+            hdr[k] = v
+        return hdr
+    text = str(text)
+    if "\n" in text:
+        return fits.Header.fromstring(text, sep="\n")
+    return fits.Header.fromstring(text)
+
+
+def window_wcs_header(wcs_text: Any, y0: int, x0: int) -> fits.Header:
+    """The output WCS cards (structure cards dropped) with CRPIX shifted to the window origin."""
+    src = _parse_header(wcs_text)
+    out = fits.Header()
+    for card in src.cards:
+        key = card.keyword
+        if not key or key.upper() in _STRUCTURAL or key.upper().startswith("NAXIS"):
+            continue
+        if key in ("COMMENT", "HISTORY", ""):
+            continue
+        out.append(card)
+    if "CRPIX1" in out:
+        out["CRPIX1"] = float(out["CRPIX1"]) - x0
+    if "CRPIX2" in out:
+        out["CRPIX2"] = float(out["CRPIX2"]) - y0
+    if "WCSAXES" not in out:
+        out.insert(0, ("WCSAXES", 2, "Number of coordinate axes"))
+    return out
+
+
+def _slabs(y0: int, y1: int, chunk_rows: int, slab_rows: int) -> Iterator[tuple[int, int]]:
+    """Absolute row ranges covering [y0, y1): at most slab_rows each, never across a chunk row."""
+    slab_rows = max(1, int(slab_rows))
+    chunk_rows = max(1, int(chunk_rows))
+    r = y0
+    while r < y1:
+        chunk_end = (r // chunk_rows + 1) * chunk_rows
+        # when a chunk row fits in a slab, take whole chunk rows (several if they fit)
+        if chunk_rows <= slab_rows:
+            n = max(1, slab_rows // chunk_rows)
+            end = min(y1, (r // chunk_rows + n) * chunk_rows)
+        else:
+            end = min(y1, chunk_end, r + slab_rows)
+        yield r, end
+        r = end
+
+
+# --------------------------------------------------------------------------------------
+# FITS
+# --------------------------------------------------------------------------------------
+
+def _padded(nbytes: int) -> int:
+    return int(math.ceil(nbytes / FITS_BLOCK) * FITS_BLOCK)
+
+
+def _image_header(kind: str, bitpix: int, shape_fits: tuple[int, ...], *, name: str | None,
+                  extra: fits.Header | None) -> fits.Header:
+    hdr = fits.Header()
+    if kind == "primary":
+        hdr["SIMPLE"] = (True, "conforms to FITS standard")
+    else:
+        hdr["XTENSION"] = ("IMAGE", "Image extension")
+    hdr["BITPIX"] = (bitpix, "array data type")
+    hdr["NAXIS"] = (len(shape_fits), "number of array dimensions")
+    for i, n in enumerate(shape_fits, start=1):
+        hdr[f"NAXIS{i}"] = int(n)
+    if kind == "primary":
+        hdr["EXTEND"] = True
+    else:
+        hdr["PCOUNT"] = 0
+        hdr["GCOUNT"] = 1
+        hdr["EXTNAME"] = (name, "extension name")
+    if extra is not None:
+        for card in extra.cards:
+            hdr.append(card)
+    return hdr
+
+
+def export_fits(mosaic_store_path: str | Path, fits_path: str | Path, *, slab_rows: int = 256,
+                overwrite: bool = False) -> Path:
+    """Write the mosaic window as FITS (primary (3, h, w) float32 + COVERAGE + ALPHA).
+
+    Reads and writes ``slab_rows`` rows at a time (memory does not grow with the mosaic
+    height), writes ``<fits_path>.partial`` and renames it when every byte is written.
+    Returns the final path.
+    """
+    fits_path = Path(fits_path)
+    if fits_path.exists() and not overwrite:
+        raise FileExistsError(f"{fits_path} exists (pass overwrite=True to replace it)")
+    g = _open(mosaic_store_path)
+    mosaic = g["mosaic"]
+    if mosaic.ndim != 3 or mosaic.shape[2] != 3:
+        raise ValueError(f"mosaic must be (H, W, 3), got {mosaic.shape}")
+    H, W = int(mosaic.shape[0]), int(mosaic.shape[1])
+    y0, y1, x0, x1 = store_window(g, (H, W))
+    h, w = y1 - y0, x1 - x0
+    names = set(g.array_keys())
+    coverage = g["coverage"] if "coverage" in names else None
+    alpha = g["alpha"] if "alpha" in names else None
+    for arr, label in ((coverage, "coverage"), (alpha, "alpha")):
+        if arr is not None and tuple(arr.shape) != (H, W):
+            raise ValueError(f"{label} has shape {arr.shape}, mosaic grid is {(H, W)}")
+
+    wcs_text = g.attrs.get("output_wcs_header")
+    wcs_hdr = window_wcs_header(wcs_text, y0, x0) if wcs_text else fits.Header()
+    bunit = g.attrs.get("bunit")
+
+    prim_extra = wcs_hdr.copy()
+    prim_extra["ORIGIN"] = (ORIGIN, "software that made this file")
+    if bunit:
+        prim_extra["BUNIT"] = (str(bunit), "same units as the input master tiles")
+    prim_extra["ZMWINDOW"] = (f"{y0} {y1} {x0} {x1}", "exported window y0 y1 x0 x1 of the grid")
+
+    hdus: list[tuple[fits.Header, str, np.dtype, int]] = []   # header, what, dtype, nbytes
+    hdus.append((_image_header("primary", -32, (w, h, 3), name=None, extra=prim_extra),
+                 "mosaic", np.dtype(">f4"), 3 * h * w * 4))
+    if coverage is not None:
+        cov_extra = wcs_hdr.copy()
+        cov_extra["COMMENT"] = "sum of the coadd weights"
+        hdus.append((_image_header("image", -32, (w, h), name="COVERAGE", extra=cov_extra),
+                     "coverage", np.dtype(">f4"), h * w * 4))
+    if alpha is not None:
+        a_extra = fits.Header()
+        a_extra["ALPHADSC"] = "1=opaque(in), 0=transparent(out)"
+        hdus.append((_image_header("image", 8, (w, h), name="ALPHA", extra=a_extra),
+                     "alpha", np.dtype("u1"), h * w))
+
+    partial = Path(str(fits_path) + ".partial")
+    fits_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        offsets: dict[str, int] = {}
+        with open(partial, "wb") as f:
+            # 1. layout: headers written by astropy, data areas left as holes (read as zeros)
+            pos = 0
+            for hdr, what, _dt, nbytes in hdus:
+                f.seek(pos)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+                    text = hdr.tostring(padding=True).encode("ascii")
+                f.write(text)
+                pos += len(text)
+                offsets[what] = pos
+                pos += _padded(nbytes)
+            f.truncate(pos)
+
+            # 2. data, slab by slab, at their offsets
+            chunk_rows = int(mosaic.chunks[0])
+            plane = h * w
+            for r0, r1 in _slabs(y0, y1, chunk_rows, slab_rows):
+                rows = r1 - r0
+                first = (r0 - y0) * w
+                slab = np.asarray(mosaic[r0:r1, x0:x1, :], dtype=np.float32)
+                for c in range(3):
+                    f.seek(offsets["mosaic"] + (c * plane + first) * 4)
+                    f.write(np.ascontiguousarray(slab[:, :, c], dtype=">f4").data)
+                del slab
+                if coverage is not None:
+                    cov = np.asarray(coverage[r0:r1, x0:x1], dtype=">f4")
+                    f.seek(offsets["coverage"] + first * 4)
+                    f.write(np.ascontiguousarray(cov).data)
+                    del cov
+                if alpha is not None:
+                    a = np.asarray(alpha[r0:r1, x0:x1], dtype=np.uint8)
+                    f.seek(offsets["alpha"] + first)
+                    f.write(np.ascontiguousarray(a).data)
+                    del a
+                log.debug("export rows %d-%d (%d)", r0, r1, rows)
+            f.flush()
+            os.fsync(f.fileno())
+
+        # 3. sanity: astropy reads the layout we wrote (headers only, no data touched)
+        with fits.open(partial, memmap=True, lazy_load_hdus=False) as hl:
+            for (hdr, what, _dt, _n), hdu in zip(hdus, hl):
+                if hdu.fileinfo()["datLoc"] != offsets[what]:
+                    raise RuntimeError(f"FITS layout mismatch for {what}")
+        os.replace(partial, fits_path)
+    except BaseException:
+        try:
+            partial.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    return fits_path
+
+
+# --------------------------------------------------------------------------------------
+# PNG preview
+# --------------------------------------------------------------------------------------
+
+def _read_strided(mosaic, y0: int, y1: int, x0: int, x1: int, stride: int) -> np.ndarray:
+    """``mosaic[y0:y1:stride, x0:x1:stride, :]``, read one chunk row at a time (bounded memory)."""
+    out_h = len(range(y0, y1, stride))
+    out_w = len(range(x0, x1, stride))
+    out = np.empty((out_h, out_w, 3), dtype=np.float32)
+    chunk_rows = int(mosaic.chunks[0])
+    i = 0
+    r = y0
+    while r < y1:
+        end = min(y1, (r // chunk_rows + 1) * chunk_rows)
+        first = r + ((y0 - r) % stride)          # first sampled row (y0 + k * stride) >= r
+        if first < end:
+            part = np.asarray(mosaic[first:end:stride, x0:x1:stride, :], dtype=np.float32)
+            out[i:i + part.shape[0]] = part
+            i += part.shape[0]
+        r = end
+    if i != out_h:
+        raise RuntimeError("strided read covered %d of %d rows" % (i, out_h))
+    return out
+
+
+def _asinh(x: np.ndarray, soft: float) -> np.ndarray:
+    return np.arcsinh(soft * x) / math.asinh(soft)
+
+
+def _auto_softening(median_norm: float, target: float = 0.25) -> float:
+    """The asinh softening that maps the normalised background median to ``target``."""
+    m = float(median_norm)
+    if not np.isfinite(m) or m <= 0.0 or m >= target:
+        return 1.0 if (np.isfinite(m) and m >= target) else 500.0
+    lo, hi = 1e-3, 1e5
+    for _ in range(80):
+        mid = math.sqrt(lo * hi)
+        if math.asinh(mid * m) / math.asinh(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return math.sqrt(lo * hi)
+
+
+def stretch_rgb(rgb: np.ndarray, *, stretch: str = "auto", linked: bool = True,
+                black_pct: float = 0.5, white_pct: float = 99.8,
+                asinh_softening: float = 10.0) -> np.ndarray:
+    """(h, w, 3) float -> (h, w, 3) uint8; non-finite pixels (any channel) are black."""
+    if stretch not in ("auto", "asinh", "linear"):
+        raise ValueError(f"stretch must be 'auto', 'asinh' or 'linear', got {stretch!r}")
+    rgb = np.asarray(rgb, dtype=np.float32)
+    valid = np.isfinite(rgb).all(axis=-1)
+    out = np.zeros(rgb.shape, dtype=np.float32)
+    if not valid.any():
+        return out.astype(np.uint8)
+    vals = rgb[valid]                                     # (n, 3)
+    if linked:
+        lo, hi = np.percentile(vals, [black_pct, white_pct])
+        lo = np.full(3, lo)
+        hi = np.full(3, hi)
+    else:
+        lo, hi = np.percentile(vals, [black_pct, white_pct], axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    norm = np.clip((vals - lo) / span, 0.0, 1.0)
+    if stretch == "auto":
+        if linked:
+            soft = np.full(3, _auto_softening(float(np.median(norm))))
+        else:
+            soft = np.array([_auto_softening(float(np.median(norm[:, c]))) for c in range(3)])
+        norm = np.stack([_asinh(norm[:, c], soft[c]) for c in range(3)], axis=-1)
+    elif stretch == "asinh":
+        norm = _asinh(norm, asinh_softening)
+    out[valid] = norm
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def write_preview_png(mosaic_store_path: str | Path, png_path: str | Path, *,
+                      max_side: int = 2048, stretch: str = "auto",
+                      linked: bool = True) -> tuple[int, int]:
+    """An 8-bit RGB PNG of the mosaic window, decimated by an integer stride so that its
+    longer side is <= ``max_side``.  ``stretch``: ``auto`` (P0.5/P99.8 black/white points,
+    then asinh with the softening that puts the median at 25 % grey), ``asinh`` (same
+    points, fixed softening 10) or ``linear``.  ``linked`` uses one set of points for
+    R, G and B.  Non-finite pixels are black.  Returns the PNG size (width, height).
+    """
+    from PIL import Image
+
+    if max_side < 1:
+        raise ValueError("max_side must be >= 1")
+    g = _open(mosaic_store_path)
+    mosaic = g["mosaic"]
+    y0, y1, x0, x1 = store_window(g)
+    stride = max(1, int(math.ceil(max(y1 - y0, x1 - x0) / float(max_side))))
+    rgb = _read_strided(mosaic, y0, y1, x0, x1, stride)
+    img8 = stretch_rgb(rgb, stretch=stretch, linked=linked)
+    del rgb
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(str(png_path) + ".partial")
+    try:
+        Image.fromarray(img8).save(partial, format="PNG")
+        os.replace(partial, png_path)
+    except BaseException:
+        try:
+            partial.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    return int(img8.shape[1]), int(img8.shape[0])
