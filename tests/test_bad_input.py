@@ -56,7 +56,7 @@ def write_tile(path: Path, data: np.ndarray | None = None, *, wcs: WCS | None = 
             dra = index * (shape_hw[1] / 2.0) / 3600.0 / np.cos(np.radians(20.0))
             wcs = tile_wcs(tuple(shape_hw), crval=(10.0 + dra, 20.0))
         header.update(wcs.to_header())
-    header["MT_NFRAMES"] = 10
+    header["NRAWPROC"] = 10
     fits.PrimaryHDU(data=data, header=header).writeto(path, overwrite=True)
     return path
 

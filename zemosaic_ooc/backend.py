@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 import scipy.ndimage
 
+from .errors import ZeMosaicOocError
+
 log = logging.getLogger(__name__)
 
 
-class GpuUnavailableError(RuntimeError):
+class GpuUnavailableError(ZeMosaicOocError):
     """``--gpu on`` was requested but no usable CUDA device answered."""
 
 

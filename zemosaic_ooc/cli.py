@@ -450,11 +450,18 @@ def _internal_error(exc: BaseException, verbosity: int) -> None:
     sys.stderr.flush()
 
 
+class _LowerLevelFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord(record.__dict__)
+        record.levelname = record.levelname.lower()
+        return super().format(record)
+
+
 def _install_logging(verbosity: int) -> Callable[[], None]:
     logger = logging.getLogger("zemosaic_ooc")
     old_level, old_propagate = logger.level, logger.propagate
     handler = _TqdmLogHandler()
-    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
+    handler.setFormatter(_LowerLevelFormatter(f"{PROG}: %(levelname)s: %(message)s"))
     level = (logging.ERROR if verbosity < 0 else logging.WARNING if verbosity == 0
              else logging.INFO if verbosity == 1 else logging.DEBUG)
     logger.setLevel(level)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import psutil
 
-from ..backend import Backend, numpy_backend
+from ..backend import Backend, numpy_backend, select_backend
 from ..errors import InputError, StoreError
 from ..options import Phase5Options
 from ..progress import NullProgress, ProgressSink
@@ -157,7 +157,13 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     """
     opts = options or Phase5Options()
     progress = progress or NullProgress()
-    backend = backend or numpy_backend(int(opts.memory_budget))
+    if backend is None:
+        chosen = select_backend(str(getattr(opts, "gpu", "auto")),
+                                host_budget_bytes=int(opts.memory_budget))
+        if chosen.is_device:  # pragma: no cover - needs a GPU
+            # The CuPy path has not been validated yet (issue 4): compute on the CPU.
+            log.warning("a GPU is available but the GPU backend is not enabled yet; running on CPU")
+        backend = numpy_backend(int(opts.memory_budget))
     workers = workers or min(os.cpu_count() or 1, 8)
     rss = _PeakRss()
     stages: list[tuple[str, float]] = []

@@ -12,10 +12,12 @@ shifted to the window (``CRPIX1 -= x0``, ``CRPIX2 -= y0``), then image extension
 images, so every slab can be written in place.
 
 Memory: the file is laid out first (astropy writes the headers; the data areas are left as
-holes of the right size), then filled slab by slab with positioned writes; a slab is at most
-``slab_rows`` rows of the window, cut at the store's chunk rows, so what is held at once is
-about ``slab_rows x w x 3`` floats plus the zarr chunks being decoded, whatever the height.
-The file is written as ``<fits_path>.partial`` and renamed when complete.
+holes of the right size), then filled piece by piece with positioned writes.  A piece is a
+band of whole chunk rows of the store (``slab_rows`` rows, rounded to whole chunk rows: zarr
+decodes whole chunks, so a chunk is never split and never decoded twice) by as many whole
+chunk columns as fit in ``max_piece_bytes``.  What is held at once is about one piece plus the
+chunks zarr decodes for it, whatever the mosaic's width and height.  The file is written as
+``<fits_path>.partial`` and renamed when complete.
 """
 from __future__ import annotations
 
@@ -101,21 +103,45 @@ def window_wcs_header(wcs_text: Any, y0: int, x0: int) -> fits.Header:
     return out
 
 
-def _slabs(y0: int, y1: int, chunk_rows: int, slab_rows: int) -> Iterator[tuple[int, int]]:
-    """Absolute row ranges covering [y0, y1): at most slab_rows each, never across a chunk row."""
-    slab_rows = max(1, int(slab_rows))
+def _bands(y0: int, y1: int, chunk_rows: int, slab_rows: int) -> Iterator[tuple[int, int]]:
+    """Row bands covering [y0, y1): whole chunk rows (clipped to the window), grouped up to
+    ``slab_rows`` rows; a chunk row taller than ``slab_rows`` is one band of its own."""
     chunk_rows = max(1, int(chunk_rows))
+    per_band = max(1, int(slab_rows) // chunk_rows)
     r = y0
     while r < y1:
-        chunk_end = (r // chunk_rows + 1) * chunk_rows
-        # when a chunk row fits in a slab, take whole chunk rows (several if they fit)
-        if chunk_rows <= slab_rows:
-            n = max(1, slab_rows // chunk_rows)
-            end = min(y1, (r // chunk_rows + n) * chunk_rows)
-        else:
-            end = min(y1, chunk_end, r + slab_rows)
+        end = min(y1, (r // chunk_rows + per_band) * chunk_rows)
         yield r, end
         r = end
+
+
+def _pieces(y0: int, y1: int, x0: int, x1: int, chunks: tuple[int, int], slab_rows: int,
+            max_piece_bytes: int, bytes_per_px: int) -> Iterator[tuple[int, int, int, int]]:
+    """(r0, r1, c0, c1) pieces of the window aligned to the chunk grid (see module doc)."""
+    chunk_rows, chunk_cols = max(1, int(chunks[0])), max(1, int(chunks[1]))
+    for r0, r1 in _bands(y0, y1, chunk_rows, slab_rows):
+        rows = r1 - r0
+        max_cols = max(1, int(max_piece_bytes) // max(1, rows * bytes_per_px))
+        per_piece = max(1, max_cols // chunk_cols)
+        c = x0
+        while c < x1:
+            end = min(x1, (c // chunk_cols + per_piece) * chunk_cols)
+            yield r0, r1, c, end
+            c = end
+
+
+def _write_rect(f, base: int, block: np.ndarray, row: int, col: int, width: int) -> None:
+    """Write a C-contiguous 2-D block into a row-major image of ``width`` columns stored at
+    file offset ``base``, top-left at (row, col): one write if it spans whole rows."""
+    isz = block.dtype.itemsize
+    rows, cols = block.shape
+    if cols == width:
+        f.seek(base + row * width * isz)
+        f.write(block.data)
+        return
+    for i in range(rows):
+        f.seek(base + ((row + i) * width + col) * isz)
+        f.write(block[i].data)
 
 
 # --------------------------------------------------------------------------------------
@@ -150,12 +176,13 @@ def _image_header(kind: str, bitpix: int, shape_fits: tuple[int, ...], *, name: 
 
 
 def export_fits(mosaic_store_path: str | Path, fits_path: str | Path, *, slab_rows: int = 256,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, max_piece_bytes: int = 32 * 2**20) -> Path:
     """Write the mosaic window as FITS (primary (3, h, w) float32 + COVERAGE + ALPHA).
 
-    Reads and writes ``slab_rows`` rows at a time (memory does not grow with the mosaic
-    height), writes ``<fits_path>.partial`` and renames it when every byte is written.
-    Returns the final path.
+    Reads chunk-aligned pieces of at most ``slab_rows`` rows (rounded to whole chunk rows) and
+    about ``max_piece_bytes`` (memory does not grow with the mosaic), writes them in place
+    into ``<fits_path>.partial`` and renames that when every byte is written.  Returns the
+    final path.  An existing ``fits_path`` is only replaced with ``overwrite=True``.
     """
     fits_path = Path(fits_path)
     if fits_path.exists() and not overwrite:
@@ -202,43 +229,41 @@ def export_fits(mosaic_store_path: str | Path, fits_path: str | Path, *, slab_ro
     fits_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         offsets: dict[str, int] = {}
-        with open(partial, "wb") as f:
+        with open(partial, "w+b", buffering=0) as f:
             # 1. layout: headers written by astropy, data areas left as holes (read as zeros)
             pos = 0
             for hdr, what, _dt, nbytes in hdus:
-                f.seek(pos)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", fits.verify.VerifyWarning)
                     text = hdr.tostring(padding=True).encode("ascii")
+                f.seek(pos)
                 f.write(text)
                 pos += len(text)
                 offsets[what] = pos
                 pos += _padded(nbytes)
             f.truncate(pos)
 
-            # 2. data, slab by slab, at their offsets
-            chunk_rows = int(mosaic.chunks[0])
+            # 2. data, piece by piece, at their offsets
             plane = h * w
-            for r0, r1 in _slabs(y0, y1, chunk_rows, slab_rows):
-                rows = r1 - r0
-                first = (r0 - y0) * w
-                slab = np.asarray(mosaic[r0:r1, x0:x1, :], dtype=np.float32)
+            bpp = 12 + (4 if coverage is not None else 0) + (1 if alpha is not None else 0)
+            chunks = (int(mosaic.chunks[0]), int(mosaic.chunks[1]))
+            for r0, r1, c0, c1 in _pieces(y0, y1, x0, x1, chunks, slab_rows,
+                                          max_piece_bytes, bpp):
+                row, col = r0 - y0, c0 - x0
+                block = np.asarray(mosaic[r0:r1, c0:c1, :], dtype=np.float32)
                 for c in range(3):
-                    f.seek(offsets["mosaic"] + (c * plane + first) * 4)
-                    f.write(np.ascontiguousarray(slab[:, :, c], dtype=">f4").data)
-                del slab
+                    be = np.ascontiguousarray(block[:, :, c], dtype=">f4")
+                    _write_rect(f, offsets["mosaic"] + c * plane * 4, be, row, col, w)
+                    del be
+                del block
                 if coverage is not None:
-                    cov = np.asarray(coverage[r0:r1, x0:x1], dtype=">f4")
-                    f.seek(offsets["coverage"] + first * 4)
-                    f.write(np.ascontiguousarray(cov).data)
+                    cov = np.ascontiguousarray(coverage[r0:r1, c0:c1], dtype=">f4")
+                    _write_rect(f, offsets["coverage"], cov, row, col, w)
                     del cov
                 if alpha is not None:
-                    a = np.asarray(alpha[r0:r1, x0:x1], dtype=np.uint8)
-                    f.seek(offsets["alpha"] + first)
-                    f.write(np.ascontiguousarray(a).data)
+                    a = np.ascontiguousarray(alpha[r0:r1, c0:c1], dtype=np.uint8)
+                    _write_rect(f, offsets["alpha"], a, row, col, w)
                     del a
-                log.debug("export rows %d-%d (%d)", r0, r1, rows)
-            f.flush()
             os.fsync(f.fileno())
 
         # 3. sanity: astropy reads the layout we wrote (headers only, no data touched)

@@ -1,0 +1,53 @@
+"""Helpers for comparing a zemosaic_ooc store with ZeMosaic's golden reference files."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from astropy.io import fits
+
+
+@dataclass
+class Comparison:
+    median_ratio_minus_1: list[float]
+    rms_over_range: list[float]
+    max_over_range: list[float]
+    mask_agreement: float
+    valid_both: int
+
+
+def read_store_window(store_path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """(mosaic HWC, coverage, alpha, attrs) of a store, cropped to its autocrop window."""
+    group = zarr.open_group(str(store_path), mode="r")
+    y0, y1, x0, x1 = group.attrs["window"]
+    return (group["mosaic"][y0:y1, x0:x1, :], group["coverage"][y0:y1, x0:x1],
+            group["alpha"][y0:y1, x0:x1], dict(group.attrs))
+
+
+def read_reference(fixture_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, fits.Header]:
+    path = fixture_dir / name
+    mosaic = np.moveaxis(fits.getdata(path, 0), 0, -1).astype(np.float32)
+    return (mosaic, fits.getdata(path, "COVERAGE"), fits.getdata(path, "ALPHA"), fits.getheader(path, 0))
+
+
+def compare(ours: np.ndarray, ref: np.ndarray) -> Comparison:
+    """The fixture README's metrics, per channel over pixels valid in both (all channels finite)."""
+    valid_ours = np.isfinite(ours).all(-1)
+    valid_ref = np.isfinite(ref).all(-1)
+    both = valid_ours & valid_ref
+    ratios, rms, mx = [], [], []
+    for c in range(3):
+        o = ours[..., c][both].astype(np.float64)
+        r = ref[..., c][both].astype(np.float64)
+        p1, p99 = np.percentile(r, [1, 99])
+        ratios.append(float(np.median(o) / np.median(r) - 1.0))
+        rms.append(float(np.sqrt(np.mean((o - r) ** 2)) / (p99 - p1)))
+        mx.append(float(np.max(np.abs(o - r)) / (p99 - p1)))
+    return Comparison(ratios, rms, mx, float(np.mean(valid_ours == valid_ref)), int(both.sum()))
+
+
+def load_ref_json(fixture_dir: Path) -> dict:
+    return json.loads((fixture_dir / "ref.json").read_text())

@@ -1,0 +1,385 @@
+#!/usr/bin/env python
+"""Benchmark zemosaic_ooc's Phase 5 (CPU) against reproject's ``reproject_and_coadd``.
+
+For each tile layout (``--tiles 2x2`` or ``--sizes 2x2,3x3``) the script
+
+1. writes a synthetic ZeMosaic master-tile set with :func:`zemosaic_ooc.demo.make_demo_tiles`
+   (RGB CHW float32 + TAN/TAN-SIP WCS + ``ALPHA`` uint8 + ``MT_NFRAMES``), reused when present;
+2. runs zemosaic_ooc's :func:`~zemosaic_ooc.phase5.pipeline.run_pipeline` in a **fresh child
+   process** (``--worker ours``);
+3. runs the anchor in another fresh child (``--worker anchor``): what ZeMosaic's CPU Phase 5
+   does, i.e. one ``reproject.mosaicking.reproject_and_coadd`` call per channel with
+   ``reproject_function=reproject_interp``, ``match_background=True``,
+   ``combine_function='mean'`` and ``input_weights`` = ALPHA/255 (float64), on the **same
+   output grid** (taken from our store's ``output_wcs_header``) and the same master-tile crop
+   (``apply_master_tile_crop`` / ``master_tile_crop_percent``, ZeMosaic's defaults 3 %).
+
+Each child reports its wall time for the work itself (reading the tiles included, interpreter
+start and imports excluded), ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` at the end (peak
+RSS of that process alone) and ``ru_maxrss`` right after its imports (the baseline).
+
+Usage::
+
+    python tools/bench_phase5.py --tiles 2x2 --tile-size 1024 --repeat 1 --out /tmp/zbench
+    python tools/bench_phase5.py --sizes 2x2,3x3 --tile-size 1024 --first-pass-only
+    python tools/bench_phase5.py --tiles 2x2 --profile        # cProfile top 25 of our run
+
+Times: zemosaic_ooc writes its zarr store (final and stage arrays) to disk; the anchor keeps
+its output in memory (as ZeMosaic's Phase 5 does before its own FITS export).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve()
+MiB = 2 ** 20
+
+
+# --------------------------------------------------------------------------- helpers
+
+def maxrss_bytes() -> int:
+    """Peak RSS of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r) if sys.platform == "darwin" else int(r) * 1024
+
+
+def parse_layout(text: str) -> tuple[int, int]:
+    try:
+        nx, ny = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"layout {text!r}: expected NXxNY, e.g. 2x2") from None
+    if nx < 1 or ny < 1:
+        raise argparse.ArgumentTypeError(f"layout {text!r}: needs at least 1x1")
+    return nx, ny
+
+
+def machine_info() -> dict[str, Any]:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import psutil
+        ram = psutil.virtual_memory().total
+    except Exception:  # pragma: no cover
+        ram = 0
+    return {"nproc": os.cpu_count(), "ram_gib": round(ram / 2 ** 30, 1), "cpu": model,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in ("numpy", "scipy", "astropy", "reproject", "zarr"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:  # pragma: no cover
+            out[name] = "?"
+    return out
+
+
+def make_tiles(folder: Path, nx: int, ny: int, tile_hw: tuple[int, int], overlap: float,
+               seed: int) -> list[Path]:
+    """The demo tile set in ``folder`` (reused when its truth.json has the same parameters)."""
+    from zemosaic_ooc.demo import load_truth, make_demo_tiles, tile_name
+    truth_file = folder / "truth.json"
+    if truth_file.is_file():
+        try:
+            t = load_truth(folder)
+            same = (t["nx"], t["ny"], list(t["tile_hw"]), float(t["overlap"]), int(t["seed"])) == \
+                   (nx, ny, list(tile_hw), float(overlap), int(seed))
+            paths = [folder / tile_name(k) for k in range(nx * ny)]
+            if same and all(p.is_file() for p in paths):
+                return paths
+        except (OSError, KeyError, ValueError):
+            pass
+        shutil.rmtree(folder)
+    return [Path(p) for p in make_demo_tiles(folder, nx=nx, ny=ny, tile_hw=tile_hw,
+                                             overlap=overlap, seed=seed)]
+
+
+def run_child(args: list[str], timeout: float | None = None) -> dict[str, Any]:
+    """Run this script as ``--worker ...`` in a fresh interpreter; return its JSON line."""
+    cmd = [sys.executable, str(HERE)] + args
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    result = None
+    for line in proc.stdout.splitlines():
+        if line.startswith("@@RESULT "):
+            result = json.loads(line[len("@@RESULT "):])
+    if proc.returncode != 0 or result is None:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise RuntimeError(f"worker failed (rc={proc.returncode}): {' '.join(cmd)}")
+    other = [ln for ln in proc.stdout.splitlines() if not ln.startswith("@@RESULT ")]
+    result["log"] = "\n".join(other)
+    return result
+
+
+# --------------------------------------------------------------------------- workers
+
+def worker_ours(ns: argparse.Namespace) -> dict[str, Any]:
+    import numpy  # noqa: F401  (baseline: the same imports the pipeline needs)
+    from zemosaic_ooc.options import Phase5Options
+    from zemosaic_ooc.phase5.pipeline import run_pipeline
+    baseline = maxrss_bytes()
+    tiles = sorted(Path(ns.tiles_dir).glob("master_tile_*.fits"))
+    kwargs: dict[str, Any] = {"overwrite": True}
+    if ns.memory_budget:
+        kwargs["memory_budget"] = int(ns.memory_budget)
+    if ns.block_size:
+        kwargs["block_size"] = int(ns.block_size)
+    if ns.first_pass_only:
+        kwargs["two_pass_coverage_renorm"] = False
+        kwargs["patchwork_suppressor_enabled"] = False
+    opts = Phase5Options(**kwargs)
+    out = Path(ns.out_path)
+    if out.exists():
+        shutil.rmtree(out)
+    prof = None
+    if ns.profile:
+        import cProfile
+        prof = cProfile.Profile()
+        prof.enable()
+    t0 = time.perf_counter()
+    summary = run_pipeline(tiles, out, opts, workers=ns.workers or None)
+    wall = time.perf_counter() - t0
+    if prof is not None:
+        prof.disable()
+        import io
+        import pstats
+        for key in ("cumulative", "tottime"):
+            s = io.StringIO()
+            pstats.Stats(prof, stream=s).sort_stats(key).print_stats(ns.profile)
+            print(f"---- cProfile (main thread only) sorted by {key}, top {ns.profile}")
+            print(s.getvalue())
+    import zarr
+    g = zarr.open_group(str(out), mode="r")
+    header_text = g.attrs["output_wcs_header"]
+    if ns.header_out:
+        Path(ns.header_out).write_text(header_text)
+    arrays = {name: int(g[name].nbytes) for name in ("mosaic", "coverage", "alpha")}
+    return {"side": "ours", "wall_s": wall, "peak_rss": maxrss_bytes(), "baseline_rss": baseline,
+            "psutil_peak_rss": summary.peak_rss_bytes, "shape_hw": list(summary.shape_hw),
+            "window": list(summary.window), "stages": [[n, s] for n, s in summary.stages],
+            "block_size": summary.block_size, "workers": summary.workers,
+            "output_array_bytes": arrays, "valid_fraction": summary.valid_fraction,
+            "summary": summary.format()}
+
+
+def worker_anchor(ns: argparse.Namespace) -> dict[str, Any]:
+    import warnings
+
+    import numpy as np
+    from astropy.io import fits
+    from astropy.wcs import WCS, FITSFixedWarning
+    from reproject import reproject_interp
+    from reproject.mosaicking import reproject_and_coadd
+    baseline = maxrss_bytes()
+    warnings.simplefilter("ignore", FITSFixedWarning)
+    header = fits.Header.fromstring(Path(ns.header).read_text())
+    out_wcs = WCS(header, naxis=2, relax=True)
+    shape_out = (int(ns.shape[0]), int(ns.shape[1]))
+    frac = float(ns.crop_percent) / 100.0 if ns.crop else 0.0
+    t0 = time.perf_counter()
+    datas, wcss, weights = [], [], []
+    for path in sorted(Path(ns.tiles_dir).glob("master_tile_*.fits")):
+        with fits.open(path, memmap=False) as hdul:
+            data = np.asarray(hdul[0].data, dtype=np.float32)
+            alpha = np.asarray(hdul["ALPHA"].data)
+            wcs = WCS(hdul[0].header, naxis=2, relax=True)
+        h, w = data.shape[-2:]
+        dh, dw = int(h * frac), int(w * frac)        # zemosaic_ooc.phase5.mapping.crop_margins
+        if frac > 1e-5 and 2 * dh < h and 2 * dw < w and (dh or dw):
+            data = data[:, dh:h - dh, dw:w - dw]
+            alpha = alpha[dh:h - dh, dw:w - dw]
+            wcs = wcs[dh:h - dh, dw:w - dw]
+        datas.append(data)
+        wcss.append(wcs)
+        weights.append(alpha.astype(np.float64) / 255.0)
+    mosaic = np.zeros(shape_out + (3,), dtype=np.float32)
+    coverage = None
+    per_channel = []
+    for c in range(3):
+        tc = time.perf_counter()
+        arr, foot = reproject_and_coadd(
+            [(d[c], w_) for d, w_ in zip(datas, wcss)], out_wcs, shape_out=shape_out,
+            input_weights=weights, reproject_function=reproject_interp,
+            combine_function="mean", match_background=True)
+        mosaic[..., c] = arr
+        if coverage is None:
+            coverage = foot.astype(np.float32)
+        del arr, foot
+        per_channel.append(time.perf_counter() - tc)
+    wall = time.perf_counter() - t0
+    return {"side": "anchor", "wall_s": wall, "peak_rss": maxrss_bytes(), "baseline_rss": baseline,
+            "shape_hw": list(shape_out), "per_channel_s": per_channel,
+            "stages": [["read", wall - sum(per_channel)]] +
+                      [[f"coadd ch{c}", s] for c, s in enumerate(per_channel)]}
+
+
+# --------------------------------------------------------------------------- driver
+
+def bench_layout(nx: int, ny: int, ns: argparse.Namespace, root: Path) -> dict[str, Any]:
+    tile_hw = (ns.tile_size, ns.tile_size)
+    tdir = root / f"tiles_{nx}x{ny}_{ns.tile_size}_o{ns.overlap:g}_s{ns.seed}"
+    t0 = time.perf_counter()
+    make_tiles(tdir, nx, ny, tile_hw, ns.overlap, ns.seed)
+    gen_s = time.perf_counter() - t0
+    out_zarr = root / f"out_{nx}x{ny}_{ns.tile_size}.zarr"
+    header = root / f"grid_{nx}x{ny}_{ns.tile_size}.hdr"
+    ours_runs, anchor_runs = [], []
+    for r in range(ns.repeat):
+        cargs = ["--worker", "ours", "--tiles-dir", str(tdir), "--out-path", str(out_zarr),
+                 "--header-out", str(header)]
+        if ns.memory_budget:
+            cargs += ["--memory-budget", str(ns.memory_budget)]
+        if ns.block_size:
+            cargs += ["--block-size", str(ns.block_size)]
+        if ns.workers:
+            cargs += ["--workers", str(ns.workers)]
+        if ns.first_pass_only:
+            cargs.append("--first-pass-only")
+        if ns.profile and r == 0:
+            cargs += ["--profile", str(ns.profile)]
+        ours = run_child(cargs)
+        if ns.profile and r == 0:
+            print(ours["log"])
+        ours_runs.append(ours)
+        print(f"  [{nx}x{ny}] run {r + 1}/{ns.repeat} zemosaic_ooc {ours['wall_s']:.2f} s, "
+              f"peak RSS {ours['peak_rss'] / MiB:.0f} MiB", flush=True)
+        if not ns.keep:
+            shutil.rmtree(out_zarr, ignore_errors=True)
+        if ns.no_anchor:
+            continue
+        h, w = ours["shape_hw"]
+        aargs = ["--worker", "anchor", "--tiles-dir", str(tdir), "--header", str(header),
+                 "--shape", str(h), str(w), "--crop-percent", str(ns.crop_percent)]
+        if ns.no_crop:
+            aargs.append("--no-crop")
+        anchor = run_child(aargs)
+        anchor_runs.append(anchor)
+        print(f"  [{nx}x{ny}] run {r + 1}/{ns.repeat} reproject_and_coadd {anchor['wall_s']:.2f} s, "
+              f"peak RSS {anchor['peak_rss'] / MiB:.0f} MiB", flush=True)
+    return {"layout": f"{nx}x{ny}", "tile_hw": list(tile_hw), "n_tiles": nx * ny,
+            "tiles_dir": str(tdir), "generate_s": gen_s, "ours": ours_runs, "anchor": anchor_runs}
+
+
+def best(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return min(runs, key=lambda r: r["wall_s"]) if runs else None
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    head = (f"| layout | tile px | output Mpix | zemosaic_ooc s | anchor s | anchor/ours | "
+            f"ours Mpix/s | anchor Mpix/s | ours peak RSS MiB | anchor peak RSS MiB |")
+    lines = [head, "|" + "---|" * 10]
+    for res in results:
+        o, a = best(res["ours"]), best(res["anchor"])
+        h, w = o["shape_hw"]
+        mpix = h * w / 1e6
+        ratio = f"{a['wall_s'] / o['wall_s']:.2f}" if a else "-"
+        a_s = f"{a['wall_s']:.2f}" if a else "-"
+        a_mps = f"{mpix / a['wall_s']:.2f}" if a else "-"
+        a_rss = f"{max(r['peak_rss'] for r in res['anchor']) / MiB:.0f}" if a else "-"
+        o_rss = max(r["peak_rss"] for r in res["ours"]) / MiB
+        lines.append(f"| {res['layout']} | {res['tile_hw'][0]}x{res['tile_hw'][1]} | {mpix:.2f} "
+                     f"({h}x{w}) | {o['wall_s']:.2f} | {a_s} | {ratio} | {mpix / o['wall_s']:.2f} | "
+                     f"{a_mps} | {o_rss:.0f} | {a_rss} |")
+    lines.append("")
+    lines.append("Baseline RSS after imports (child): "
+                 + "; ".join(f"{res['layout']}: ours {best(res['ours'])['baseline_rss'] / MiB:.0f} MiB"
+                             + (f", anchor {best(res['anchor'])['baseline_rss'] / MiB:.0f} MiB"
+                                if res["anchor"] else "") for res in results))
+    lines.append("")
+    lines.append("Stages (best run):")
+    for res in results:
+        o, a = best(res["ours"]), best(res["anchor"])
+        lines.append(f"  {res['layout']} zemosaic_ooc (block {o['block_size']} px, {o['workers']} "
+                     f"worker(s)): " + ", ".join(f"{n} {s:.2f}s" for n, s in o["stages"]))
+        if a:
+            lines.append(f"  {res['layout']} anchor: " + ", ".join(f"{n} {s:.2f}s" for n, s in a["stages"]))
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiles", type=parse_layout, default=(2, 2), help="layout NXxNY (default 2x2)")
+    p.add_argument("--sizes", default=None,
+                   help="comma-separated list of layouts, e.g. 2x2,3x3 (overrides --tiles)")
+    p.add_argument("--tile-size", type=int, default=1024, help="tile side in px (default 1024)")
+    p.add_argument("--overlap", type=float, default=0.3, help="tile overlap fraction (default 0.3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat", type=int, default=1, help="runs per side; the best wall time is shown")
+    p.add_argument("--out", default=None, help="work folder (default: <tmp>/zemosaic_ooc_bench)")
+    p.add_argument("--first-pass-only", action="store_true",
+                   help="two_pass_coverage_renorm and patchwork_suppressor_enabled off")
+    p.add_argument("--memory-budget", default=None,
+                   help="zemosaic_ooc memory budget (e.g. 2GiB; default: the option's default)")
+    p.add_argument("--block-size", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None, help="zemosaic_ooc workers (default: its own)")
+    p.add_argument("--crop-percent", type=float, default=3.0,
+                   help="master-tile crop of the anchor (ZeMosaic's default 3 %%, as ours)")
+    p.add_argument("--no-crop", action="store_true", help="anchor without the master-tile crop")
+    p.add_argument("--no-anchor", action="store_true", help="only run zemosaic_ooc")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="cProfile our first run and print the top N functions")
+    p.add_argument("--keep", action="store_true", help="keep the output stores")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    # worker mode (internal)
+    p.add_argument("--worker", choices=("ours", "anchor"), help=argparse.SUPPRESS)
+    p.add_argument("--tiles-dir", help=argparse.SUPPRESS)
+    p.add_argument("--out-path", help=argparse.SUPPRESS)
+    p.add_argument("--header-out", help=argparse.SUPPRESS)
+    p.add_argument("--header", help=argparse.SUPPRESS)
+    p.add_argument("--shape", nargs=2, type=int, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    ns.crop = not ns.no_crop
+    if ns.memory_budget:
+        from zemosaic_ooc.options import parse_size
+        ns.memory_budget = parse_size(ns.memory_budget)
+    if ns.worker:
+        result = worker_ours(ns) if ns.worker == "ours" else worker_anchor(ns)
+        print("@@RESULT " + json.dumps(result), flush=True)
+        return 0
+
+    layouts = [parse_layout(s) for s in ns.sizes.split(",")] if ns.sizes else [ns.tiles]
+    root = Path(ns.out) if ns.out else Path(tempfile.gettempdir()) / "zemosaic_ooc_bench"
+    root.mkdir(parents=True, exist_ok=True)
+    info = machine_info()
+    print(f"machine: {info['nproc']} CPU(s), {info['ram_gib']} GiB RAM, {info['cpu']}; "
+          f"Python {info['python']}; " + ", ".join(f"{k} {v}" for k, v in versions().items()))
+    print(f"tile side {ns.tile_size} px, overlap {ns.overlap}, first-pass-only={ns.first_pass_only}, "
+          f"repeat {ns.repeat}, work folder {root}", flush=True)
+    results = []
+    for nx, ny in layouts:
+        results.append(bench_layout(nx, ny, ns, root))
+    print()
+    print(format_table(results))
+    if ns.json:
+        for res in results:
+            for run in res["ours"] + res["anchor"]:
+                run.pop("log", None)
+        Path(ns.json).write_text(json.dumps({"machine": info, "versions": versions(),
+                                             "args": sys.argv[1:], "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
