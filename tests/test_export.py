@@ -59,17 +59,20 @@ def _make_store(path, h, w, *, chunks=256, window=None, bunit="adu", fill=None):
     return m, c, a
 
 
-def test_export_round_trip_window_wcs(tmp_path):
+@pytest.mark.parametrize("slab_rows,piece_bytes", [(100, 32 * 2**20), (600, 1)],
+                         ids=["full-width-slabs", "one-chunk-pieces"])
+def test_export_round_trip_window_wcs(tmp_path, slab_rows, piece_bytes):
     h, w = 700, 900
     window = (31, 655, 18, 871)
     m, c, a = _make_store(tmp_path / "m.zarr", h, w, window=window)
     out = tmp_path / "out" / "mosaic.fits"
-    res = export_fits(tmp_path / "m.zarr", out, slab_rows=100)
+    res = export_fits(tmp_path / "m.zarr", out, slab_rows=slab_rows, max_piece_bytes=piece_bytes)
     assert res == out and out.is_file()
     assert not (tmp_path / "out" / "mosaic.fits.partial").exists()
 
     y0, y1, x0, x1 = window
     with fits.open(out) as hl:
+        hl.verify("exception")
         assert [hdu.name for hdu in hl] == ["PRIMARY", "COVERAGE", "ALPHA"]
         prim = hl[0]
         assert prim.data.dtype.kind == "f" and prim.data.dtype.itemsize == 4
@@ -155,33 +158,25 @@ class _PeakRSS:
 
 
 def test_export_memory_bounded(tmp_path):
-    """Export memory is a few slabs and decoded chunk rows, not the mosaic: after a warm-up
-    export of a short store of the same width (zarr's decode threads and malloc arenas reach
-    their working size there), exporting a 3000 x 3000 store adds far less than its size."""
-    w = 3000
+    """Export holds a chunk-aligned piece (and the chunks zarr decodes for it), never the
+    mosaic: exporting a 3000 x 3000 store (chunks 512) adds far less than its size to RSS."""
+    h = w = 3000
 
-    def filler(h):
-        def fill(mos, cov, alp):
-            for r0 in range(0, h, 512):
-                r1 = min(h, r0 + 512)
-                base = (np.arange(r0, r1, dtype=np.float32)[:, None]
-                        + np.arange(w, dtype=np.float32))
-                mos[r0:r1] = np.repeat(base[:, :, None], 3, axis=2)
-                cov[r0:r1] = base
-                alp[r0:r1] = (base % 256).astype(np.uint8)
-        return fill
+    def fill(mos, cov, alp):
+        for r0 in range(0, h, 512):
+            r1 = min(h, r0 + 512)
+            base = np.arange(r0, r1, dtype=np.float32)[:, None] + np.arange(w, dtype=np.float32)
+            mos[r0:r1] = np.repeat(base[:, :, None], 3, axis=2)
+            cov[r0:r1] = base
+            alp[r0:r1] = (base % 256).astype(np.uint8)
 
-    h = 3000
-    _make_store(tmp_path / "short.zarr", 600, w, chunks=512, fill=filler(600))
-    _make_store(tmp_path / "big.zarr", h, w, chunks=512, window=(10, 2990, 5, 2995),
-                fill=filler(h))
+    _make_store(tmp_path / "big.zarr", h, w, chunks=512, window=(10, 2990, 5, 2995), fill=fill)
     full_bytes = h * w * 3 * 4 + h * w * 4 + h * w            # mosaic + coverage + alpha
-    export_fits(tmp_path / "short.zarr", tmp_path / "short.fits", slab_rows=256)
     gc.collect()
     out = tmp_path / "big.fits"
     with _PeakRSS() as mon:
         base = mon.peak
-        export_fits(tmp_path / "big.zarr", out, slab_rows=256)
+        export_fits(tmp_path / "big.zarr", out, slab_rows=256, max_piece_bytes=4 * 2**20)
     growth = mon.peak - base
     print(f"export RSS growth {growth / 2**20:.1f} MiB of {full_bytes / 2**20:.0f} MiB")
     assert growth < 0.15 * full_bytes, f"RSS grew by {growth / 2**20:.1f} MiB"
@@ -189,6 +184,8 @@ def test_export_memory_bounded(tmp_path):
         d = hl[0].data
         assert d.shape == (3, 2980, 2990)
         assert d[2, 0, 0] == 10 + 5 and d[1, -1, -1] == 2989 + 2994
+        assert d[0, 1000, 517] == 1010 + 522          # a piece boundary (chunk column 512)
+        assert hl["COVERAGE"].data[511, 1200] == 521 + 1205
         assert hl["ALPHA"].data[100, 7] == (110 + 12) % 256
         del d
 
@@ -210,9 +207,16 @@ def test_preview_png(tmp_path):
             assert im.mode == "RGB" and im.size == expect
             arr = np.asarray(im)
         assert arr.max() > 200                       # stretched, not black
+        assert (arr.reshape(-1, 3) > 0).any(axis=1).mean() > 0.8
         # rows above y = 37 are NaN in the store: black in the preview
         assert (arr[: (37 - 31) // stride] == 0).all()
         assert not (tmp_path / f"p_{stretch}.png.partial").exists()
+    from zemosaic_ooc.store.export import _read_strided
+
+    g = zarr.open_group(str(tmp_path / "m.zarr"), mode="r")
+    for stride in (1, 3, 7):
+        got = _read_strided(g["mosaic"], 31, 655, 18, 871, stride, max_piece_bytes=1)
+        np.testing.assert_array_equal(got, g["mosaic"][31:655:stride, 18:871:stride, :])
     full = write_preview_png(tmp_path / "m.zarr", tmp_path / "full.png", max_side=4096)
     assert full == (871 - 18, 655 - 31)
     with pytest.raises(ValueError):

@@ -15,8 +15,10 @@ For each tile layout (``--tiles 2x2`` or ``--sizes 2x2,3x3``) the script
    (``apply_master_tile_crop`` / ``master_tile_crop_percent``, ZeMosaic's defaults 3 %).
 
 Each child reports its wall time for the work itself (reading the tiles included, interpreter
-start and imports excluded), ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` at the end (peak
-RSS of that process alone) and ``ru_maxrss`` right after its imports (the baseline).
+start and imports excluded), its peak RSS at the end and its peak RSS right after its imports
+(the baseline).  Peak RSS is ``VmHWM`` of the child (/proc/self/status) and, as a cross-check,
+``resource.getrusage(RUSAGE_SELF).ru_maxrss``; the two agree because the driver that spawns the
+children stays lean (see :func:`maxrss_bytes` for why that matters on Linux).
 
 Usage::
 
@@ -49,9 +51,32 @@ MiB = 2 ** 20
 # --------------------------------------------------------------------------- helpers
 
 def maxrss_bytes() -> int:
-    """Peak RSS of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """``ru_maxrss`` of this process in bytes (KiB on Linux, bytes on macOS).
+
+    Caveat (Linux): a child started with vfork/posix_spawn (what ``subprocess`` does) inherits
+    its parent's high-water mark at exec time, so ``ru_maxrss`` is at least the parent's peak.
+    The driver therefore stays lean (it only imports the standard library and psutil) and
+    :func:`peak_rss_bytes` prefers ``VmHWM``, the high-water mark of this address space alone.
+    """
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(r) if sys.platform == "darwin" else int(r) * 1024
+
+
+def vmhwm_bytes() -> int | None:
+    """``VmHWM`` from /proc/self/status (peak RSS of this process image), None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_bytes() -> int:
+    """Peak RSS of this process alone: VmHWM where available, else ru_maxrss."""
+    hwm = vmhwm_bytes()
+    return hwm if hwm is not None else maxrss_bytes()
 
 
 def parse_layout(text: str) -> tuple[int, int]:
@@ -83,10 +108,12 @@ def machine_info() -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
+    """Package versions from their metadata (importing them would grow the lean driver)."""
+    from importlib import metadata
     out = {}
     for name in ("numpy", "scipy", "astropy", "reproject", "zarr"):
         try:
-            out[name] = __import__(name).__version__
+            out[name] = metadata.version(name)
         except Exception:  # pragma: no cover
             out[name] = "?"
     return out
@@ -112,6 +139,45 @@ def make_tiles(folder: Path, nx: int, ny: int, tile_hw: tuple[int, int], overlap
                                              overlap=overlap, seed=seed)]
 
 
+class RssSampler:
+    """Samples this process's RSS every ``period`` s in a thread: (perf_counter, rss) pairs."""
+
+    def __init__(self, period: float = 0.05):
+        import threading
+        self.period = period
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+        proc = psutil.Process()
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter(), proc.memory_info().rss))
+            self._stop.wait(self.period)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> list[tuple[float, int]]:
+        self._stop.set()
+        self._thread.join()
+        return self.samples
+
+
+def stage_peaks(trace: list[tuple[float, int]], t0: float,
+                stages: list[tuple[str, float]]) -> list[list[Any]]:
+    """Peak sampled RSS within each stage (stages are consecutive from t0)."""
+    out = []
+    start = t0
+    for name, seconds in stages:
+        end = start + seconds
+        inside = [rss for t, rss in trace if start <= t <= end]
+        out.append([name, max(inside) if inside else None])
+        start = end
+    return out
+
+
 def run_child(args: list[str], timeout: float | None = None) -> dict[str, Any]:
     """Run this script as ``--worker ...`` in a fresh interpreter; return its JSON line."""
     cmd = [sys.executable, str(HERE)] + args
@@ -134,7 +200,7 @@ def worker_ours(ns: argparse.Namespace) -> dict[str, Any]:
     import numpy  # noqa: F401  (baseline: the same imports the pipeline needs)
     from zemosaic_ooc.options import Phase5Options
     from zemosaic_ooc.phase5.pipeline import run_pipeline
-    baseline = maxrss_bytes()
+    baseline = peak_rss_bytes()
     tiles = sorted(Path(ns.tiles_dir).glob("master_tile_*.fits"))
     kwargs: dict[str, Any] = {"overwrite": True}
     if ns.memory_budget:
@@ -148,6 +214,8 @@ def worker_ours(ns: argparse.Namespace) -> dict[str, Any]:
     out = Path(ns.out_path)
     if out.exists():
         shutil.rmtree(out)
+    sampler = RssSampler()
+    sampler.start()
     prof = None
     if ns.profile:
         import cProfile
@@ -156,6 +224,7 @@ def worker_ours(ns: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     summary = run_pipeline(tiles, out, opts, workers=ns.workers or None)
     wall = time.perf_counter() - t0
+    trace = sampler.stop()
     if prof is not None:
         prof.disable()
         import io
@@ -171,11 +240,13 @@ def worker_ours(ns: argparse.Namespace) -> dict[str, Any]:
     if ns.header_out:
         Path(ns.header_out).write_text(header_text)
     arrays = {name: int(g[name].nbytes) for name in ("mosaic", "coverage", "alpha")}
-    return {"side": "ours", "wall_s": wall, "peak_rss": maxrss_bytes(), "baseline_rss": baseline,
+    return {"side": "ours", "wall_s": wall, "peak_rss": peak_rss_bytes(), "ru_maxrss": maxrss_bytes(),
+            "baseline_rss": baseline,
             "psutil_peak_rss": summary.peak_rss_bytes, "shape_hw": list(summary.shape_hw),
             "window": list(summary.window), "stages": [[n, s] for n, s in summary.stages],
             "block_size": summary.block_size, "workers": summary.workers,
             "output_array_bytes": arrays, "valid_fraction": summary.valid_fraction,
+            "stage_peak_rss": stage_peaks(trace, t0, summary.stages),
             "summary": summary.format()}
 
 
@@ -187,7 +258,7 @@ def worker_anchor(ns: argparse.Namespace) -> dict[str, Any]:
     from astropy.wcs import WCS, FITSFixedWarning
     from reproject import reproject_interp
     from reproject.mosaicking import reproject_and_coadd
-    baseline = maxrss_bytes()
+    baseline = peak_rss_bytes()
     warnings.simplefilter("ignore", FITSFixedWarning)
     header = fits.Header.fromstring(Path(ns.header).read_text())
     out_wcs = WCS(header, naxis=2, relax=True)
@@ -224,7 +295,8 @@ def worker_anchor(ns: argparse.Namespace) -> dict[str, Any]:
         del arr, foot
         per_channel.append(time.perf_counter() - tc)
     wall = time.perf_counter() - t0
-    return {"side": "anchor", "wall_s": wall, "peak_rss": maxrss_bytes(), "baseline_rss": baseline,
+    return {"side": "anchor", "wall_s": wall, "peak_rss": peak_rss_bytes(), "ru_maxrss": maxrss_bytes(),
+            "baseline_rss": baseline,
             "shape_hw": list(shape_out), "per_channel_s": per_channel,
             "stages": [["read", wall - sum(per_channel)]] +
                       [[f"coadd ch{c}", s] for c, s in enumerate(per_channel)]}
@@ -236,7 +308,9 @@ def bench_layout(nx: int, ny: int, ns: argparse.Namespace, root: Path) -> dict[s
     tile_hw = (ns.tile_size, ns.tile_size)
     tdir = root / f"tiles_{nx}x{ny}_{ns.tile_size}_o{ns.overlap:g}_s{ns.seed}"
     t0 = time.perf_counter()
-    make_tiles(tdir, nx, ny, tile_hw, ns.overlap, ns.seed)
+    run_child(["--worker", "generate", "--tiles-dir", str(tdir), "--tiles", f"{nx}x{ny}",
+               "--tile-size", str(ns.tile_size), "--overlap", str(ns.overlap),
+               "--seed", str(ns.seed)])
     gen_s = time.perf_counter() - t0
     out_zarr = root / f"out_{nx}x{ny}_{ns.tile_size}.zarr"
     header = root / f"grid_{nx}x{ny}_{ns.tile_size}.hdr"
@@ -281,9 +355,14 @@ def best(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     return min(runs, key=lambda r: r["wall_s"]) if runs else None
 
 
+def format_stage_peaks(peaks: list[list[Any]]) -> str:
+    return ", ".join(f"{n} {'-' if v is None else f'{v / MiB:.0f}'}" for n, v in peaks)
+
+
 def format_table(results: list[dict[str, Any]]) -> str:
     head = (f"| layout | tile px | output Mpix | zemosaic_ooc s | anchor s | anchor/ours | "
             f"ours Mpix/s | anchor Mpix/s | ours peak RSS MiB | anchor peak RSS MiB |")
+    # peak RSS = VmHWM of each child process (see maxrss_bytes)
     lines = [head, "|" + "---|" * 10]
     for res in results:
         o, a = best(res["ours"]), best(res["anchor"])
@@ -302,12 +381,18 @@ def format_table(results: list[dict[str, Any]]) -> str:
                  + "; ".join(f"{res['layout']}: ours {best(res['ours'])['baseline_rss'] / MiB:.0f} MiB"
                              + (f", anchor {best(res['anchor'])['baseline_rss'] / MiB:.0f} MiB"
                                 if res["anchor"] else "") for res in results))
+    lines.append("Cross-check, ru_maxrss of the children (MiB): "
+                 + "; ".join(f"{res['layout']}: ours {max(r['ru_maxrss'] for r in res['ours']) / MiB:.0f}"
+                             + (f", anchor {max(r['ru_maxrss'] for r in res['anchor']) / MiB:.0f}"
+                                if res["anchor"] else "") for res in results))
     lines.append("")
     lines.append("Stages (best run):")
     for res in results:
         o, a = best(res["ours"]), best(res["anchor"])
         lines.append(f"  {res['layout']} zemosaic_ooc (block {o['block_size']} px, {o['workers']} "
                      f"worker(s)): " + ", ".join(f"{n} {s:.2f}s" for n, s in o["stages"]))
+        lines.append(f"  {res['layout']} zemosaic_ooc sampled peak RSS per stage (MiB): "
+                     + format_stage_peaks(o.get("stage_peak_rss", [])))
         if a:
             lines.append(f"  {res['layout']} anchor: " + ", ".join(f"{n} {s:.2f}s" for n, s in a["stages"]))
     return "\n".join(lines)
@@ -339,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the output stores")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     # worker mode (internal)
-    p.add_argument("--worker", choices=("ours", "anchor"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("ours", "anchor", "generate"), help=argparse.SUPPRESS)
     p.add_argument("--tiles-dir", help=argparse.SUPPRESS)
     p.add_argument("--out-path", help=argparse.SUPPRESS)
     p.add_argument("--header-out", help=argparse.SUPPRESS)
@@ -355,7 +440,13 @@ def main(argv: list[str] | None = None) -> int:
         from zemosaic_ooc.options import parse_size
         ns.memory_budget = parse_size(ns.memory_budget)
     if ns.worker:
-        result = worker_ours(ns) if ns.worker == "ours" else worker_anchor(ns)
+        if ns.worker == "generate":      # tiles are made in a child: the driver stays lean
+            nx, ny = ns.tiles
+            paths = make_tiles(Path(ns.tiles_dir), nx, ny, (ns.tile_size, ns.tile_size),
+                               ns.overlap, ns.seed)
+            result = {"side": "generate", "tiles": [str(p) for p in paths]}
+        else:
+            result = worker_ours(ns) if ns.worker == "ours" else worker_anchor(ns)
         print("@@RESULT " + json.dumps(result), flush=True)
         return 0
 

@@ -362,7 +362,8 @@ def make_demo_tiles(out_dir: str | Path, *, nx: int = 2, ny: int = 2,
     out.mkdir(parents=True, exist_ok=True)
     h, w = int(tile_hw[0]), int(tile_hw[1])
     n = nx * ny
-    rng = np.random.default_rng(seed)
+    # two independent streams: the noise never shifts the tiles' parameters or the sky
+    rng, noise_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     scale_deg = pixel_scale_arcsec / 3600.0
 
     step_x = w * (1.0 - overlap)
@@ -407,7 +408,7 @@ def make_demo_tiles(out_dir: str | Path, *, nx: int = 2, ny: int = 2,
             data = truth_sky * gain[:, None, None] + offset[:, None, None]
             data = data.astype(np.float32)
             if noise:
-                data += rng.standard_normal((3, h, w), dtype=np.float32) * np.float32(sigma_n)
+                data += noise_rng.standard_normal((3, h, w), dtype=np.float32) * np.float32(sigma_n)
             alpha = make_alpha((h, w), band, ramp)
             data[:, alpha == 0] = 0.0
 

@@ -65,6 +65,7 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)
     fits_path: str | None = None
     preview_path: str | None = None
+    two_pass: dict[str, Any] = field(default_factory=dict)
 
     def format(self) -> str:
         y0, y1, x0, x1 = self.window
@@ -95,6 +96,11 @@ class RunSummary:
             lines.append(f"  FITS        {self.fits_path}")
         if self.preview_path:
             lines.append(f"  preview     {self.preview_path}")
+        tp = self.two_pass
+        if tp.get("ran"):
+            gains = ", ".join(f"{g:.4f}" for g in tp.get("gains", []))
+            lines.append(f"  two-pass    gains [{gains}], {100.0 * tp.get('fraction_pass2', 0.0):.1f} % "
+                         "of pixels from pass 2")
         for warning in self.warnings:
             lines.append(f"  warning     {warning}")
         return "\n".join(lines)
@@ -306,9 +312,15 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     alpha_dropped = src_rows is None or src_cols is None
     if alpha_dropped:
         warnings_list.append("alpha union dropped after the autocrop (ZeMosaic's fallback)")
-    mosaic_arr = store.require("mosaic", (height, width, 3), "float32", (block, block, 3),
+    two_pass_runs = bool(opts.two_pass_coverage_renorm) and not fired
+    two_pass_note = None
+    if opts.two_pass_coverage_renorm and fired:
+        two_pass_note = ("two-pass renormalisation kept pass 1: the autocrop changed the grid "
+                         "(ZeMosaic's shape check, spec §6.8)")
+    prefix = "stages/pass1_final_" if two_pass_runs else ""
+    mosaic_arr = store.require(prefix + "mosaic", (height, width, 3), "float32", (block, block, 3),
                                fill_value=float("nan"))
-    coverage_arr = store.require("coverage", (height, width), "float32", (block, block))
+    coverage_arr = store.require(prefix + "coverage", (height, width), "float32", (block, block))
     alpha_arr = store.require("alpha", (height, width), "uint8", (block, block))
     xp = np
 
@@ -336,10 +348,22 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     valid_counts = _run_blocks(blocks, finish_task, workers, progress, "finish", rss)
     window_pixels = max(1, (wy1 - wy0) * (wx1 - wx0))
     stages.append(("finish", time.perf_counter() - t0))
+    two_pass_info: dict[str, Any] = {"enabled": bool(opts.two_pass_coverage_renorm), "ran": False}
+    if two_pass_note:
+        warnings_list.append(two_pass_note)
+        two_pass_info["note"] = two_pass_note
+    if two_pass_runs:
+        t0 = time.perf_counter()
+        two_pass_info = run_two_pass(backend, store, tile_store, tiles, out_grid, opts, blocks,
+                                     workers, progress, rss, journal)
+        stages.append(("two-pass", time.perf_counter() - t0))
+        valid_counts = [two_pass_info.pop("valid_pixels")]
     store.attrs_update(window=list(window), autocrop_fired=bool(fired),
                        steps_run=["intertile" if calibration.applied else "intertile (not applied)",
                                   "background", "coadd", "alpha union", "autocrop", "masking"],
-                       steps_skipped=["two-pass renormalisation (§6)", "patchwork suppressor (§7)"])
+                       two_pass=two_pass_info,
+                       steps_skipped=["patchwork suppressor (§7)"]
+                       + ([] if two_pass_info.get("ran") else ["two-pass renormalisation (§6)"]))
 
     summary = RunSummary(
         output=str(output), shape_hw=tuple(shape_hw), window=window, n_tiles=len(tiles),
@@ -348,12 +372,16 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         tile_weights=[t.tau for t in tiles], autocrop_fired=bool(fired),
         valid_fraction=sum(valid_counts) / window_pixels,
         steps_run=["first pass (inter-tile calibration, background matching, coadd, alpha union, "
-                   "autocrop, masking)"],
-        steps_skipped=["two-pass coverage renormalisation", "patchwork suppressor"],
-        warnings=warnings_list)
-    if opts.two_pass_coverage_renorm or opts.patchwork_suppressor_enabled:
-        summary.warnings.append("two-pass renormalisation and the patchwork suppressor are not "
-                                "implemented yet: this mosaic is ZeMosaic's first pass (ref_pass1)")
+                   "autocrop, masking)"] + (["two-pass coverage renormalisation"]
+                                             if two_pass_info.get("ran") else []),
+        steps_skipped=(["two-pass coverage renormalisation"] if not two_pass_info.get("ran") else [])
+        + ["patchwork suppressor"],
+        warnings=warnings_list, two_pass=two_pass_info)
+    if opts.patchwork_suppressor_enabled:
+        summary.warnings.append("the patchwork suppressor (spec §7) is not implemented yet: this "
+                                "mosaic is ZeMosaic's " + ("two-pass result (ref.fits)"
+                                                           if two_pass_info.get("ran") or two_pass_note
+                                                           else "first pass (ref_pass1)"))
 
     # ---- export
     if fits_path or preview_path:
@@ -372,3 +400,105 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     store.attrs_update(summary={"stages": stages, "peak_rss_bytes": summary.peak_rss_bytes,
                                 "valid_fraction": summary.valid_fraction})
     return summary
+
+
+def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, tiles: list[TilePlan],
+                 out_grid: OutputGrid, opts: Phase5Options, blocks: list[Box], workers: int,
+                 progress: ProgressSink, rss: _PeakRss, journal: Journal) -> dict[str, Any]:
+    """§6: coverage blur (halo), tile gains (exact medians), pass 2, P5, merge."""
+    from .renorm import blur_radius, blurred_coverage_block, merge_block, tile_gain
+    from .stats import exact_percentiles
+
+    height, width = out_grid.shape_hw
+    block = int(store.attrs["block"])
+    sigma = float(opts.two_pass_cov_sigma_px)
+    radius = blur_radius(sigma)
+    c1 = store.array("stages/pass1_final_coverage")
+    m1 = store.array("stages/pass1_final_mosaic")
+    cov_blur = store.require("stages/coverage_blur", (height, width), "float32", (block, block))
+    scale_map = store.require("stages/scale_map", (height, width), "float32", (block, block))
+
+    def blur_task(box: Box) -> None:
+        y0, y1, x0, x1 = box
+        gy0, gy1 = max(0, y0 - radius), min(height, y1 + radius)
+        gx0, gx1 = max(0, x0 - radius), min(width, x1 + radius)
+        region = backend.asarray(c1[gy0:gy1, gx0:gx1])
+        cb, scale = blurred_coverage_block(backend, region, sigma)
+        sy, sx = slice(y0 - gy0, y1 - gy0), slice(x0 - gx0, x1 - gx0)
+        cov_blur[y0:y1, x0:x1] = backend.to_host(cb[sy, sx])
+        scale_map[y0:y1, x0:x1] = backend.to_host(scale[sy, sx])
+
+    _run_blocks(blocks, blur_task, workers, progress, "coverage blur", rss)
+
+    def read_maps(box: Box):
+        y0, y1, x0, x1 = box
+        return c1[y0:y1, x0:x1], cov_blur[y0:y1, x0:x1], scale_map[y0:y1, x0:x1]
+
+    gains = []
+    progress.start("two-pass gains", len(tiles), unit="tile")
+    for tile in tiles:
+        gamma, _, _ = tile_gain(backend, tile_store, tile, out_grid, read_maps,
+                                opts.two_pass_cov_gain_clip)
+        tile.two_pass_gain = gamma
+        gains.append(gamma)
+        progress.advance("two-pass gains")
+    progress.finish("two-pass gains")
+    offsets, _ = background_offsets(backend, tile_store, tiles, out_grid, two_pass=True)
+    for tile, row in zip(tiles, offsets):
+        tile.bg_offsets_pass2 = [float(v) for v in row]
+
+    m2 = store.require("stages/pass2_mosaic", (height, width, 3), "float32", (block, block, 3),
+                       fill_value=float("nan"))
+    c2 = store.require("stages/pass2_coverage", (height, width), "float32", (block, block))
+
+    def pass2_task(box: Box) -> None:
+        y0, y1, x0, x1 = box
+        result = coadd_block(backend, tile_store, tiles, out_grid, box,
+                             offsets_attr="bg_offsets_pass2", with_union=False, two_pass=True)
+        cov = np.where(np.isfinite(result.coverage), result.coverage, np.float32(0.0))
+        mos = np.where(np.isfinite(result.mosaic), result.mosaic, np.float32(np.nan))
+        mos[cov <= 0] = np.nan
+        m2[y0:y1, x0:x1, :] = mos
+        c2[y0:y1, x0:x1] = cov
+        journal.block_done("pass2", f"{y0}:{y1},{x0}:{x1}", backend.name, 0.0)
+
+    _run_blocks(blocks, pass2_task, workers, progress, "pass2", rss)
+
+    def luminance_values(box: Box) -> np.ndarray:
+        y0, y1, x0, x1 = box
+        valid = (c1[y0:y1, x0:x1] > 0) & (c2[y0:y1, x0:x1] > 0)
+        lum = m1[y0:y1, x0:x1, :].mean(axis=2, dtype=np.float32)[valid]
+        return lum[np.isfinite(lum)]
+
+    p5 = exact_percentiles(blocks, luminance_values, [5.0])[0]
+    info: dict[str, Any] = {"enabled": True, "ran": True, "gains": gains, "p5": p5,
+                            "background_offsets_pass2": [list(t.bg_offsets_pass2) for t in tiles]}
+    if not math.isfinite(p5):
+        eps = None
+    else:
+        eps = max(p5 * 0.1, 1e-6)
+    info["merge_eps"] = eps
+    mosaic_arr = store.require("mosaic", (height, width, 3), "float32", (block, block, 3),
+                               fill_value=float("nan"))
+    coverage_arr = store.require("coverage", (height, width), "float32", (block, block))
+    pass2_mask = store.require("pass2_mask", (height, width), "uint8", (block, block))
+
+    def merge_task(box: Box) -> tuple[int, int]:
+        y0, y1, x0, x1 = box
+        a_m1, a_c1 = m1[y0:y1, x0:x1, :], c1[y0:y1, x0:x1]
+        if eps is None:
+            mos, cov, use = a_m1, a_c1, np.zeros(a_c1.shape, dtype=bool)
+        else:
+            mos, cov, use = merge_block(backend, a_m1, a_c1, m2[y0:y1, x0:x1, :], c2[y0:y1, x0:x1], eps)
+        mosaic_arr[y0:y1, x0:x1, :] = mos
+        coverage_arr[y0:y1, x0:x1] = cov
+        pass2_mask[y0:y1, x0:x1] = use.astype(np.uint8)
+        return int(use.sum()), int(np.count_nonzero(np.isfinite(mos).all(axis=-1)))
+
+    counts = _run_blocks(blocks, merge_task, workers, progress, "merge", rss)
+    used = sum(c[0] for c in counts)
+    info["fraction_pass2"] = used / float(height * width)
+    info["valid_pixels"] = sum(c[1] for c in counts)
+    if used == 0:
+        info["note"] = "no pixel passed the merge rule: pass 1 kept"
+    return info

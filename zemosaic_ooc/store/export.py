@@ -103,6 +103,12 @@ def window_wcs_header(wcs_text: Any, y0: int, x0: int) -> fits.Header:
     return out
 
 
+def _read_unit(arr) -> tuple[int, int]:
+    """Rows and columns of the store's unit of decoding: shards when sharded, else chunks."""
+    unit = getattr(arr, "shards", None) or arr.chunks
+    return int(unit[0]), int(unit[1])
+
+
 def _bands(y0: int, y1: int, chunk_rows: int, slab_rows: int) -> Iterator[tuple[int, int]]:
     """Row bands covering [y0, y1): whole chunk rows (clipped to the window), grouped up to
     ``slab_rows`` rows; a chunk row taller than ``slab_rows`` is one band of its own."""
@@ -130,18 +136,27 @@ def _pieces(y0: int, y1: int, x0: int, x1: int, chunks: tuple[int, int], slab_ro
             c = end
 
 
+def _write_at(f, offset: int, buf) -> None:
+    """Write every byte of ``buf`` at ``offset`` (an unbuffered write may be partial)."""
+    mv = memoryview(buf).cast("B")
+    f.seek(offset)
+    while mv.nbytes:
+        n = f.write(mv)
+        if not n:
+            raise OSError(f"could not write to {getattr(f, 'name', 'the file')}")
+        mv = mv[n:]
+
+
 def _write_rect(f, base: int, block: np.ndarray, row: int, col: int, width: int) -> None:
     """Write a C-contiguous 2-D block into a row-major image of ``width`` columns stored at
     file offset ``base``, top-left at (row, col): one write if it spans whole rows."""
     isz = block.dtype.itemsize
     rows, cols = block.shape
     if cols == width:
-        f.seek(base + row * width * isz)
-        f.write(block.data)
+        _write_at(f, base + row * width * isz, block)
         return
     for i in range(rows):
-        f.seek(base + ((row + i) * width + col) * isz)
-        f.write(block[i].data)
+        _write_at(f, base + ((row + i) * width + col) * isz, block[i])
 
 
 # --------------------------------------------------------------------------------------
@@ -236,8 +251,7 @@ def export_fits(mosaic_store_path: str | Path, fits_path: str | Path, *, slab_ro
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", fits.verify.VerifyWarning)
                     text = hdr.tostring(padding=True).encode("ascii")
-                f.seek(pos)
-                f.write(text)
+                _write_at(f, pos, text)
                 pos += len(text)
                 offsets[what] = pos
                 pos += _padded(nbytes)
@@ -246,7 +260,7 @@ def export_fits(mosaic_store_path: str | Path, fits_path: str | Path, *, slab_ro
             # 2. data, piece by piece, at their offsets
             plane = h * w
             bpp = 12 + (4 if coverage is not None else 0) + (1 if alpha is not None else 0)
-            chunks = (int(mosaic.chunks[0]), int(mosaic.chunks[1]))
+            chunks = _read_unit(mosaic)
             for r0, r1, c0, c1 in _pieces(y0, y1, x0, x1, chunks, slab_rows,
                                           max_piece_bytes, bpp):
                 row, col = r0 - y0, c0 - x0
@@ -285,24 +299,19 @@ def export_fits(mosaic_store_path: str | Path, fits_path: str | Path, *, slab_ro
 # PNG preview
 # --------------------------------------------------------------------------------------
 
-def _read_strided(mosaic, y0: int, y1: int, x0: int, x1: int, stride: int) -> np.ndarray:
-    """``mosaic[y0:y1:stride, x0:x1:stride, :]``, read one chunk row at a time (bounded memory)."""
-    out_h = len(range(y0, y1, stride))
-    out_w = len(range(x0, x1, stride))
-    out = np.empty((out_h, out_w, 3), dtype=np.float32)
-    chunk_rows = int(mosaic.chunks[0])
-    i = 0
-    r = y0
-    while r < y1:
-        end = min(y1, (r // chunk_rows + 1) * chunk_rows)
-        first = r + ((y0 - r) % stride)          # first sampled row (y0 + k * stride) >= r
-        if first < end:
-            part = np.asarray(mosaic[first:end:stride, x0:x1:stride, :], dtype=np.float32)
-            out[i:i + part.shape[0]] = part
-            i += part.shape[0]
-        r = end
-    if i != out_h:
-        raise RuntimeError("strided read covered %d of %d rows" % (i, out_h))
+def _read_strided(mosaic, y0: int, y1: int, x0: int, x1: int, stride: int,
+                  max_piece_bytes: int = 32 * 2**20) -> np.ndarray:
+    """``mosaic[y0:y1:stride, x0:x1:stride, :]`` read in chunk-aligned pieces (bounded memory)."""
+    out = np.empty((len(range(y0, y1, stride)), len(range(x0, x1, stride)), 3), dtype=np.float32)
+    chunks = _read_unit(mosaic)
+    for r0, r1, c0, c1 in _pieces(y0, y1, x0, x1, chunks, 0, max_piece_bytes, 12):
+        fr = r0 + ((y0 - r0) % stride)           # first sampled row (y0 + k * stride) >= r0
+        fc = c0 + ((x0 - c0) % stride)
+        if fr >= r1 or fc >= c1:
+            continue
+        part = np.asarray(mosaic[fr:r1:stride, fc:c1:stride, :], dtype=np.float32)
+        i, j = (fr - y0) // stride, (fc - x0) // stride
+        out[i:i + part.shape[0], j:j + part.shape[1]] = part
     return out
 
 

@@ -1,0 +1,21 @@
+"""Exact out-of-core percentiles equal numpy's over the union of the blocks."""
+import numpy as np
+import pytest
+
+from zemosaic_ooc.phase5.stats import exact_percentiles
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_exact_percentiles_equal_numpy_linear_percentiles(seed):
+    rng = np.random.default_rng(seed)
+    blocks = [rng.normal(size=rng.integers(0, 5000)).astype(np.float32) for _ in range(7)]
+    blocks.append(np.full(300, 0.25, dtype=np.float32))  # many ties in one bin
+    everything = np.concatenate(blocks)
+    qs = [0.0, 5.0, 50.0, 99.0, 99.5, 100.0]
+    ours = exact_percentiles(list(range(len(blocks))), lambda k: blocks[k], qs)
+    assert ours == pytest.approx([float(np.percentile(everything.astype(np.float64), q)) for q in qs],
+                                 rel=0, abs=1e-12)
+
+
+def test_exact_percentiles_of_nothing_are_nan():
+    assert np.isnan(exact_percentiles([0], lambda k: np.zeros(0), [5.0])[0])
