@@ -48,6 +48,7 @@ __all__ = [
     "demo_summary",
     "load_truth",
     "tile_name",
+    "make_alpha",
 ]
 
 

@@ -358,11 +358,16 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
                                      workers, progress, rss, journal)
         stages.append(("two-pass", time.perf_counter() - t0))
         valid_counts = [two_pass_info.pop("valid_pixels")]
-    store.attrs_update(window=list(window), autocrop_fired=bool(fired),
+    patchwork_info: dict[str, Any] = {"enabled": bool(opts.patchwork_suppressor_enabled), "ran": False}
+    if opts.patchwork_suppressor_enabled:
+        t0 = time.perf_counter()
+        patchwork_info = run_patchwork(backend, store, opts, blocks, window, workers, progress, rss)
+        stages.append(("patchwork", time.perf_counter() - t0))
+    store.attrs_update(window=list(window), autocrop_fired=bool(fired), patchwork=patchwork_info,
                        steps_run=["intertile" if calibration.applied else "intertile (not applied)",
                                   "background", "coadd", "alpha union", "autocrop", "masking"],
                        two_pass=two_pass_info,
-                       steps_skipped=["patchwork suppressor (§7)"]
+                       steps_skipped=([] if patchwork_info.get("ran") else ["patchwork suppressor (§7)"])
                        + ([] if two_pass_info.get("ran") else ["two-pass renormalisation (§6)"]))
 
     summary = RunSummary(
@@ -373,15 +378,13 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         valid_fraction=sum(valid_counts) / window_pixels,
         steps_run=["first pass (inter-tile calibration, background matching, coadd, alpha union, "
                    "autocrop, masking)"] + (["two-pass coverage renormalisation"]
-                                             if two_pass_info.get("ran") else []),
+                                             if two_pass_info.get("ran") else [])
+        + (["patchwork suppressor"] if patchwork_info.get("ran") else []),
         steps_skipped=(["two-pass coverage renormalisation"] if not two_pass_info.get("ran") else [])
-        + ["patchwork suppressor"],
+        + ([] if patchwork_info.get("ran") else ["patchwork suppressor"]),
         warnings=warnings_list, two_pass=two_pass_info)
-    if opts.patchwork_suppressor_enabled:
-        summary.warnings.append("the patchwork suppressor (spec §7) is not implemented yet: this "
-                                "mosaic is ZeMosaic's " + ("two-pass result (ref.fits)"
-                                                           if two_pass_info.get("ran") or two_pass_note
-                                                           else "first pass (ref_pass1)"))
+    if patchwork_info.get("note"):
+        summary.warnings.append("patchwork suppressor: " + patchwork_info["note"])
 
     # ---- export
     if fits_path or preview_path:
@@ -501,4 +504,113 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
     info["valid_pixels"] = sum(c[1] for c in counts)
     if used == 0:
         info["note"] = "no pixel passed the merge rule: pass 1 kept"
+    return info
+
+
+def run_patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks: list[Box],
+                  window: Box, workers: int, progress: ProgressSink, rss: _PeakRss) -> dict[str, Any]:
+    """§7 on the finished mosaic (within the autocrop window), block by block with halos."""
+    from . import patchwork as pw
+    from .stats import exact_percentiles
+
+    params = pw.resolve_params(opts)
+    info: dict[str, Any] = {"enabled": True, "ran": False, "k": params.k,
+                            "sigma_small": params.sigma_small, "sigma_large": params.sigma_large,
+                            "sigma_seam": params.sigma_seam, "max_delta": params.delta}
+    wy0, wy1, wx0, wx1 = window
+    height, width = wy1 - wy0, wx1 - wx0
+    block = int(store.attrs["block"])
+    mosaic = store.array("mosaic")
+    coverage = store.array("coverage")
+    alpha = store.array("alpha")
+    # blocks in window coordinates (the suppressor sees the cropped mosaic, as ZeMosaic's does)
+    wblocks = [(max(b[0], wy0) - wy0, min(b[1], wy1) - wy0, max(b[2], wx0) - wx0, min(b[3], wx1) - wx0)
+               for b in blocks]
+    wblocks = [b for b in wblocks if b[1] > b[0] and b[3] > b[2]]
+
+    def read(box: Box, halo: int = 0):
+        y0, y1, x0, x1 = box
+        gy0, gy1, gx0, gx1 = max(0, y0 - halo), min(height, y1 + halo), max(0, x0 - halo), min(width, x1 + halo)
+        m = backend.asarray(mosaic[wy0 + gy0:wy0 + gy1, wx0 + gx0:wx0 + gx1, :])
+        c = backend.asarray(coverage[wy0 + gy0:wy0 + gy1, wx0 + gx0:wx0 + gx1])
+        a = backend.asarray(alpha[wy0 + gy0:wy0 + gy1, wx0 + gx0:wx0 + gx1])
+        inner = (slice(y0 - gy0, y1 - gy0), slice(x0 - gx0, x1 - gx0))
+        return m, c, a, inner
+
+    def y_values(box: Box) -> np.ndarray:
+        m, c, a, _ = read(box)
+        valid = pw.valid_mask(backend, m, c, a)
+        return backend.to_host(pw.luminance(backend, m)[valid])
+
+    counts = [y_values(b).size for b in wblocks]
+    if sum(counts) == 0:
+        info["note"] = "no valid pixel (no-op)"
+        return info
+    median_y = exact_percentiles(wblocks, y_values, [50.0])[0]
+    max_c = max(float(np.nanmax(np.nan_to_num(coverage[wy0 + b[0]:wy0 + b[1], wx0 + b[2]:wx0 + b[3]])))
+                for b in wblocks)
+    if not max_c > 0:
+        info["note"] = "coverage is zero everywhere (no-op)"
+        return info
+
+    def gradient_block(box: Box, halo: int):
+        m, c, a, inner = read(box, halo)
+        z = pw.seam_source(backend, c, max_c)
+        g = pw.gradient_magnitude(backend, z)
+        valid = pw.valid_mask(backend, m, c, a)
+        return g, valid, inner
+
+    def g_values(box: Box) -> np.ndarray:
+        g, valid, inner = gradient_block(box, 1)
+        return backend.to_host(g[inner][valid[inner]])
+
+    g99 = exact_percentiles(wblocks, g_values, [99.0])[0]
+    if not (np.isfinite(g99) and g99 > 1e-9):
+        info["note"] = "seam gradient P99 is zero (no-op)"
+        return info
+    # on the full grid, so block writes stay inside one chunk (concurrent writes to one chunk race)
+    grid_h, grid_w = (int(v) for v in store.attrs["shape_hw"])
+    delta_store = store.require("stages/patchwork_delta", (grid_h, grid_w), "float32", (block, block))
+
+    def delta_task(box: Box) -> None:
+        m, c, a, inner = read(box, params.halo)
+        valid = pw.valid_mask(backend, m, c, a)
+        y_f = pw.filled_luminance(backend, m, valid, median_y)
+        delta = pw.blur(backend, y_f, params.sigma_small) - pw.blur(backend, y_f, params.sigma_large)
+        y0, y1, x0, x1 = box
+        delta_store[wy0 + y0:wy0 + y1, wx0 + x0:wx0 + x1] = backend.to_host(delta[inner])
+
+    _run_blocks(wblocks, delta_task, workers, progress, "patchwork blur", rss)
+
+    def abs_delta_values(box: Box) -> np.ndarray:
+        m, c, a, _ = read(box)
+        valid = backend.to_host(pw.valid_mask(backend, m, c, a))
+        y0, y1, x0, x1 = box
+        return np.abs(delta_store[wy0 + y0:wy0 + y1, wx0 + x0:wx0 + x1][valid])
+
+    def abs_y_values(box: Box) -> np.ndarray:
+        m, c, a, _ = read(box)
+        valid = pw.valid_mask(backend, m, c, a)
+        return backend.to_host(backend.xp.abs(pw.filled_luminance(backend, m, valid, median_y)[valid]))
+
+    cap = exact_percentiles(wblocks, abs_delta_values, [99.5])[0]
+    if not (np.isfinite(cap) and cap > 1e-9):
+        info["note"] = "|delta| P99.5 is zero (no-op)"
+        return info
+    eps = max(1e-6, 0.05 * exact_percentiles(wblocks, abs_y_values, [5.0])[0])
+    info.update(median_y=median_y, max_coverage=max_c, g99=g99, cap=cap, eps=eps)
+
+    def correct_task(box: Box) -> None:
+        g, valid_h, inner_h = gradient_block(box, params.seam_halo)
+        w_seam = pw.seam_weight(backend, g, g99, params.sigma_seam)[inner_h]
+        m, c, a, _ = read(box)
+        valid = pw.valid_mask(backend, m, c, a)
+        y_f = pw.filled_luminance(backend, m, valid, median_y)
+        y0, y1, x0, x1 = box
+        delta = backend.asarray(delta_store[wy0 + y0:wy0 + y1, wx0 + x0:wx0 + x1])
+        out = pw.apply_correction(backend, m, y_f, valid, w_seam, delta, cap, eps, params)
+        mosaic[wy0 + y0:wy0 + y1, wx0 + x0:wx0 + x1, :] = backend.to_host(out)
+
+    _run_blocks(wblocks, correct_task, workers, progress, "patchwork", rss)
+    info["ran"] = True
     return info
