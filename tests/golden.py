@@ -51,3 +51,15 @@ def compare(ours: np.ndarray, ref: np.ndarray) -> Comparison:
 
 def load_ref_json(fixture_dir: Path) -> dict:
     return json.loads((fixture_dir / "ref.json").read_text())
+
+
+def noise_floor(ref: dict, variant: str, channel: int) -> float:
+    """1e-5, or the reference's own run-to-run RMS for ``variant`` where its README measures more."""
+    floors = [1e-5]
+    metrics = ref.get("metrics", {})
+    for key in ("determinism", "determinism_separate_process"):
+        entry = metrics.get(key, {}).get(variant)
+        for item in (entry if isinstance(entry, list) else [entry]):
+            if item:
+                floors.append(float(item["rms_over_range"][channel]))
+    return max(floors)

@@ -163,8 +163,8 @@ def test_unknown_option_raises_option_error_directly():
         _options("--option", "intertile_prune_kk=3")
 
 
-def test_local_size_parser():
-    parse = cli._local_parse_size
+def test_size_parser():
+    parse = cli.parse_size
     assert parse("2GiB") == 2 * 1024**3
     assert parse("1.5GiB") == int(1.5 * 1024**3)
     assert parse("512M") == 512 * 1024**2

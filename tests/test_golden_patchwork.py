@@ -10,20 +10,9 @@ import pytest
 from zemosaic_ooc.options import Phase5Options
 from zemosaic_ooc.phase5.pipeline import run_pipeline
 
-from golden import compare, load_ref_json, read_reference, read_store_window
+from golden import compare, load_ref_json, noise_floor, read_reference, read_store_window
 
 pytestmark = pytest.mark.golden
-
-
-def _noise_floor(ref: dict, channel: int) -> float:
-    floors = [1e-5]
-    metrics = ref.get("metrics", {})
-    for key in ("determinism", "determinism_separate_process"):
-        entry = metrics.get(key, {}).get("patchwork")
-        for item in (entry if isinstance(entry, list) else [entry]):
-            if item:
-                floors.append(float(item["rms_over_range"][channel]))
-    return max(floors)
 
 
 def test_default_run_matches_reference_patchwork_mosaic(fixture_dir_checked, tmp_path):
@@ -37,5 +26,5 @@ def test_default_run_matches_reference_patchwork_mosaic(fixture_dir_checked, tmp
     assert result.mask_agreement == 1.0
     for c in range(3):
         assert abs(result.median_ratio_minus_1[c]) <= 1e-5, result
-        assert result.rms_over_range[c] <= _noise_floor(ref_json, c), result
+        assert result.rms_over_range[c] <= noise_floor(ref_json, "patchwork", c), result
     assert attrs["patchwork"]["ran"]

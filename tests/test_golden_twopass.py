@@ -12,7 +12,7 @@ import pytest
 from zemosaic_ooc.options import Phase5Options
 from zemosaic_ooc.phase5.pipeline import run_pipeline
 
-from golden import compare, load_ref_json, read_reference, read_store_window
+from golden import compare, load_ref_json, noise_floor, read_reference, read_store_window
 
 pytestmark = pytest.mark.golden
 
@@ -30,18 +30,6 @@ def run_two_pass(fixture_dir, tmp_path_factory, block_size: int = 128):
     return _RUNS[key]
 
 
-def _noise_floor(ref: dict, channel: int) -> float:
-    """The reference's measured run-to-run RMS for ref.fits (largest of its repeats)."""
-    metrics = ref.get("metrics", {})
-    floors = [1e-5]
-    for key in ("determinism", "determinism_separate_process"):
-        entry = metrics.get(key, {}).get("twopass")
-        for item in (entry if isinstance(entry, list) else [entry]):
-            if item:
-                floors.append(float(item["rms_over_range"][channel]))
-    return max(floors)
-
-
 def test_two_pass_matches_reference_mosaic(fixture_dir_checked, tmp_path_factory):
     out, summary = run_two_pass(fixture_dir_checked, tmp_path_factory)
     ref_json = load_ref_json(fixture_dir_checked)
@@ -52,7 +40,7 @@ def test_two_pass_matches_reference_mosaic(fixture_dir_checked, tmp_path_factory
     assert result.mask_agreement == 1.0
     for c in range(3):
         assert abs(result.median_ratio_minus_1[c]) <= 1e-5, result
-        assert result.rms_over_range[c] <= _noise_floor(ref_json, c), result
+        assert result.rms_over_range[c] <= noise_floor(ref_json, "twopass", c), result
     assert np.array_equal(alpha, ref_alpha)
     close = np.isclose(coverage, ref_coverage, rtol=1e-5, atol=1e-5)
     assert close.mean() >= 0.9999

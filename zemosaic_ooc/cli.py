@@ -27,54 +27,20 @@ from .options import Phase5Options, parse_option_value
 PROG = "zemosaic-ooc"
 log = logging.getLogger("zemosaic_ooc.cli")
 
-try:  # being added to options.py concurrently; fall back to a small local parser
-    from .options import parse_size as _options_parse_size
-except ImportError:  # pragma: no cover - depends on the options module's version
-    _options_parse_size = None
-
-try:  # GpuUnavailableError is a RuntimeError; the CLI reports it as a user error
-    from .backend import GpuUnavailableError
-except ImportError:  # pragma: no cover
-    class GpuUnavailableError(RuntimeError):  # type: ignore[no-redef]
-        pass
+from .options import parse_size as _options_parse_size
+from .backend import GpuUnavailableError
 
 
 # --------------------------------------------------------------------------- sizes
 
-_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
-_SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": 1024, "kib": 1024, "kb": 1000,
-    "m": 1024**2, "mib": 1024**2, "mb": 1000**2,
-    "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
-    "t": 1024**4, "tib": 1024**4, "tb": 1000**4,
-}
-
-
-def _local_parse_size(text: str | int) -> int:
-    """``"2GiB"`` -> 2147483648; ``"512M"`` and ``"1.5GiB"`` work; a bare number is bytes."""
-    if isinstance(text, int):
-        return text
-    match = _SIZE_RE.match(str(text))
-    unit = match.group(2).lower() if match else None
-    if not match or unit not in _SIZE_UNITS:
-        raise OptionError(f"invalid size {text!r} (use e.g. 2GiB, 512MiB, 4G or a number of bytes)")
-    value = int(float(match.group(1)) * _SIZE_UNITS[unit])
-    if value <= 0:
-        raise OptionError(f"invalid size {text!r}: must be positive")
-    return value
-
-
 def parse_size(text: str | int) -> int:
     """Parse a memory size, with options.parse_size when it exists."""
-    if _options_parse_size is not None:
-        try:
-            return int(_options_parse_size(text))
-        except OptionError:
-            raise
-        except (TypeError, ValueError) as exc:
-            raise OptionError(f"invalid size {text!r} ({exc})") from exc
-    return _local_parse_size(text)
+    try:
+        return int(_options_parse_size(text))
+    except OptionError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise OptionError(f"invalid size {text!r} ({exc})") from exc
 
 
 def _size_arg(text: str) -> int:
