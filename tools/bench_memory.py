@@ -53,7 +53,8 @@ def baseline_rss() -> dict[str, dict[str, int]]:
         code = (f"{stmt}\nimport sys; sys.path.insert(0, {str(Path(bp.__file__).parent)!r})\n"
                 "import bench_phase5 as b, json\n"
                 "print(json.dumps([b.vmhwm_bytes() or 0, b.maxrss_bytes()]))")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env=bp.child_env())
         hwm, maxrss = json.loads(proc.stdout.strip().splitlines()[-1])
         out[name] = {"vmhwm": hwm, "ru_maxrss": maxrss}
     return out
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         import shutil
         shutil.rmtree(out_zarr, ignore_errors=True)
 
+    print(f"zemosaic_ooc package: {res['package']}")
     h, w = res["shape_hw"]
     arrays = res["output_array_bytes"]
     out_bytes = sum(arrays.values())

@@ -45,7 +45,20 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve()
+REPO_ROOT = HERE.parents[1]
 MiB = 2 ** 20
+# Benchmark the checkout this script lives in, not whatever copy is installed.
+if (REPO_ROOT / "zemosaic_ooc" / "__init__.py").is_file() and str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+def child_env() -> dict[str, str]:
+    """The children import zemosaic_ooc from this checkout too (PYTHONPATH first)."""
+    env = dict(os.environ)
+    if (REPO_ROOT / "zemosaic_ooc" / "__init__.py").is_file():
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]]
+                                                                 if env.get("PYTHONPATH") else []))
+    return env
 
 
 # --------------------------------------------------------------------------- helpers
@@ -181,7 +194,7 @@ def stage_peaks(trace: list[tuple[float, int]], t0: float,
 def run_child(args: list[str], timeout: float | None = None) -> dict[str, Any]:
     """Run this script as ``--worker ...`` in a fresh interpreter; return its JSON line."""
     cmd = [sys.executable, str(HERE)] + args
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env())
     result = None
     for line in proc.stdout.splitlines():
         if line.startswith("@@RESULT "):
@@ -201,6 +214,8 @@ def worker_ours(ns: argparse.Namespace) -> dict[str, Any]:
     from zemosaic_ooc.options import Phase5Options
     from zemosaic_ooc.phase5.pipeline import run_pipeline
     baseline = peak_rss_bytes()
+    import zemosaic_ooc
+    print(f"zemosaic_ooc from {Path(zemosaic_ooc.__file__).parent}")
     tiles = sorted(Path(ns.tiles_dir).glob("master_tile_*.fits"))
     kwargs: dict[str, Any] = {"overwrite": True}
     if ns.memory_budget:
@@ -247,7 +262,7 @@ def worker_ours(ns: argparse.Namespace) -> dict[str, Any]:
             "block_size": summary.block_size, "workers": summary.workers,
             "output_array_bytes": arrays, "valid_fraction": summary.valid_fraction,
             "stage_peak_rss": stage_peaks(trace, t0, summary.stages),
-            "summary": summary.format()}
+            "summary": summary.format(), "package": str(Path(zemosaic_ooc.__file__).parent)}
 
 
 def worker_anchor(ns: argparse.Namespace) -> dict[str, Any]:
@@ -360,10 +375,12 @@ def format_stage_peaks(peaks: list[list[Any]]) -> str:
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
-    head = (f"| layout | tile px | output Mpix | zemosaic_ooc s | anchor s | anchor/ours | "
-            f"ours Mpix/s | anchor Mpix/s | ours peak RSS MiB | anchor peak RSS MiB |")
+    head = ("| layout | tile px | output Mpix | zemosaic_ooc s | anchor s | anchor/ours | "
+            "ours Mpix/s | anchor Mpix/s | ours peak RSS MiB | anchor peak RSS MiB |")
     # peak RSS = VmHWM of each child process (see maxrss_bytes)
-    lines = [head, "|" + "---|" * 10]
+    lines = ["times: best of the runs (run_pipeline / the three reproject_and_coadd calls, tiles read "
+             "included); peak RSS: VmHWM of each child, worst of the runs", "",
+             head, "|" + "---|" * 10]
     for res in results:
         o, a = best(res["ours"]), best(res["anchor"])
         h, w = o["shape_hw"]
