@@ -101,7 +101,8 @@ def solve_offsets(offset_matrix: np.ndarray) -> np.ndarray:
 def background_offsets(backend: Backend, store: TileStore, tiles: Sequence[TilePlan],
                        grid: OutputGrid, *, two_pass: bool = False,
                        progress: Callable[[int, int], None] | None = None,
-                       step: int = DEFAULT_CONTROL_STEP) -> tuple[np.ndarray, np.ndarray]:
+                       step: int = DEFAULT_CONTROL_STEP,
+                       strip_pixels: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
     """Per-tile, per-channel offsets k (N × 3) and the pairwise matrices (3 × K × K).
 
     Only tiles with a §4.2 box take part (others get 0 and contribute nothing).
@@ -113,7 +114,8 @@ def background_offsets(backend: Backend, store: TileStore, tiles: Sequence[TileP
              if boxes_overlap(kept[a].box, kept[b].box)]
     if n >= 2:
         for done, (a, b) in enumerate(pairs):
-            offsets = pair_offset(backend, store, kept[a], kept[b], grid, two_pass=two_pass, step=step)
+            offsets = pair_offset(backend, store, kept[a], kept[b], grid, two_pass=two_pass, step=step,
+                                  strip_pixels=strip_pixels)
             for c in range(3):
                 matrices[c, a, b] = offsets[c]
                 matrices[c, b, a] = -offsets[c]

@@ -104,12 +104,16 @@ def luminance(backend: Backend, data: Any) -> Any:
     return backend.xp.mean(data, axis=0, dtype=backend.xp.float32)
 
 
-def recenter_preview(backend: Backend, data: Any, preview_size: int) -> Any:
-    """§3.2 R_t: Rec.601 luminance, INTER_AREA-reduced when larger than the preview size."""
+def rec601_luminance(backend: Backend, data: Any) -> Any:
+    """Y = 0.299·R + 0.587·G + 0.114·B in float32 (NaN where not finite); data (C, h, w)."""
     xp = backend.xp
     y = (xp.float32(0.299) * data[0] + xp.float32(0.587) * data[1]
          + xp.float32(0.114) * data[2]).astype(xp.float32)
-    y = xp.where(xp.isfinite(y), y, xp.nan)
+    return xp.where(xp.isfinite(y), y, xp.float32(np.nan))
+
+
+def recenter_preview(backend: Backend, y: Any, preview_size: int) -> Any:
+    """§3.2 R_t from the Rec.601 luminance plane: INTER_AREA-reduced above the preview size."""
     h, w = y.shape
     if preview_size and max(h, w) > preview_size:
         scale = max(h, w) / float(preview_size)
@@ -117,6 +121,15 @@ def recenter_preview(backend: Backend, data: Any, preview_size: int) -> Any:
         new_h = max(8, int(round(h / scale)))
         return area_resize(backend, y, (new_h, new_w))
     return y
+
+
+@dataclass
+class TilePlanes:
+    """What the calibration reads of one tile: L_t and M_t (h, w) float32, and Y (Rec.601) or None."""
+
+    luminance: Any
+    mask: Any
+    rec601: Any | None
 
 
 # --------------------------------------------------------------------------- pair grids
@@ -392,9 +405,10 @@ TileLoader = Callable[[int], tuple[Any, Any | None]]
 
 def calibrate(backend: Backend, geometries: Sequence[TileGeometry], tile_ids: Sequence[str],
               taus: Sequence[float], out_wcs: WCS, shape_hw: tuple[int, int], opts: Any,
-              load_tile: Callable[[int], tuple[Any, Any]],
+              load_tile: Callable[[int], TilePlanes],
               progress: Callable[[int, int], None] | None = None) -> CalibrationResult:
-    """§3 end to end.  ``load_tile(t)`` returns (prepared data (C,h,w) with the §2.8 NaN, mask M_t).
+    """§3 end to end.  ``load_tile(t)`` returns the :class:`TilePlanes` of the prepared tile
+    (with the §2.8 NaN, before any gain).
 
     Tiles are loaded one pair at a time through a small cache, so memory stays
     at a few tiles whatever the mosaic size.
@@ -416,18 +430,23 @@ def calibrate(backend: Backend, geometries: Sequence[TileGeometry], tile_ids: Se
     # §3.4 pruning is inactive below 10 tiles or with few pairs; it is applied when due.
     kept = prune_pairs(pairs, n_tiles, int(opts.intertile_prune_k))
 
-    cache: dict[int, tuple[Any, Any, Any]] = {}
+    cache: dict[int, tuple[Any, Any]] = {}       # (L_t, M_t) of at most two whole tiles
+    previews: dict[int, Any] = {}                  # R_t, at most 128 px on a side, every tile
     preview_size = max(128, int(opts.intertile_preview_size))
+
+    def load_planes(t: int) -> tuple[Any, Any]:
+        planes_t = load_tile(t)
+        if opts.intertile_global_recenter and t not in previews and planes_t.rec601 is not None:
+            previews[t] = backend.to_host(
+                recenter_preview(backend, planes_t.rec601, int(opts.intertile_preview_size)))
+        return planes_t.luminance, planes_t.mask
 
     def planes(t: int) -> tuple[Any, Any]:
         if t not in cache:
-            if len(cache) >= 4:
+            if len(cache) >= 2:
                 cache.pop(next(iter(cache)))
-            data, mask = load_tile(t)
-            cache[t] = (luminance(backend, data), mask,
-                        recenter_preview(backend, data, int(opts.intertile_preview_size))
-                        if opts.intertile_global_recenter else None)
-        return cache[t][0], cache[t][1]
+            cache[t] = load_planes(t)
+        return cache[t]
 
     entries: list[PairFit] = []
     connectivity = np.zeros(n_tiles)
@@ -453,19 +472,18 @@ def calibrate(backend: Backend, geometries: Sequence[TileGeometry], tile_ids: Se
     solution, _raw = solve_m0(n_tiles, entries, anchor)
     result.solver_output = list(solution)
 
+    cache.clear()
     recenter = None
     if opts.intertile_global_recenter:
-        previews: dict[int, Any] = {}
-
         def recenter(values: list[tuple[float, float]]) -> list[float]:
             medians = []
             for t, (g, o) in enumerate(values):
-                if t in cache and cache[t][2] is not None:
-                    preview = cache[t][2]
-                else:
-                    data, _ = load_tile(t)
-                    preview = recenter_preview(backend, data, int(opts.intertile_preview_size))
-                corrected = backend.to_host(preview).astype(np.float32) * np.float32(g) + np.float32(o)
+                if t not in previews:
+                    planes_t = load_tile(t)
+                    previews[t] = backend.to_host(
+                        recenter_preview(backend, planes_t.rec601, int(opts.intertile_preview_size)))
+                    del planes_t
+                corrected = previews[t].astype(np.float32) * np.float32(g) + np.float32(o)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
                     medians.append(float(np.nanmedian(corrected)))

@@ -22,6 +22,7 @@ import numpy as np
 import psutil
 
 from ..backend import Backend, numpy_backend, select_backend
+from ..memory import release_memory, strip_pixels
 from ..errors import InputError, StoreError
 from ..options import Phase5Options
 from ..progress import NullProgress, ProgressSink
@@ -34,7 +35,7 @@ from .coadd import BlockResult, coadd_block, union_bbox
 from .finish import alpha_source_index, alpha_u8, autocrop_window, finish_values
 from .grid import Box, compute_output_grid, grid_from_header, iter_blocks, reproject_box
 from .mapping import OutputGrid
-from .plan import build_tile_plans, geometry, load_prepared_tile, nan_threshold
+from .plan import build_tile_plans, geometry, load_calibration_planes, nan_threshold
 from .prep import TilePlan
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class _PeakRss:
         self.peak = 0
 
     def sample(self) -> int:
+        release_memory()
         rss = self.process.memory_info().rss
         self.peak = max(self.peak, rss)
         return self.peak
@@ -137,6 +139,7 @@ def _run_blocks(blocks: Sequence[Box], task: Callable[[Box], Any], workers: int,
     if workers <= 1:
         for k, block in enumerate(blocks):
             results[k] = task(block)
+            release_memory()
             rss.sample()
             progress.advance(stage)
     else:
@@ -144,6 +147,7 @@ def _run_blocks(blocks: Sequence[Box], task: Callable[[Box], Any], workers: int,
             futures = {pool.submit(task, block): k for k, block in enumerate(blocks)}
             for future in cf.as_completed(futures):
                 results[futures[future]] = future.result()
+                release_memory()
                 rss.sample()
                 progress.advance(stage)
     progress.finish(stage)
@@ -191,7 +195,7 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     progress.start("ingest", len(tile_paths), unit="tile")
     try:
         tile_store = ingest_tiles(list(tile_paths), staging, skip_bad=bool(opts.skip_bad_tiles),
-                                  progress=lambda k, n, p: progress.advance("ingest"))
+                                  progress=lambda k, n, p: (progress.advance("ingest"), rss.sample()))
     except Exception:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -231,6 +235,7 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         tile.box = reproject_box(geometry(tile), out_grid, shape_hw)
         if calibration_runs:
             tile.nan_threshold = nan_threshold(backend, tile_store, tile)
+            rss.sample()
     stages.append(("plan", time.perf_counter() - t0))
     rss.sample()
 
@@ -239,13 +244,13 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     calibration = CalibrationResult(gains=[1.0] * len(tiles), offsets=[0.0] * len(tiles),
                                     applied=False, status="disabled")
     if calibration_runs:
-        def load(t: int) -> tuple[Any, Any]:
-            data, mask, _ = load_prepared_tile(backend, tile_store, tiles[t], apply_gain_offset=False)
-            return data, mask
+        def load(t: int):
+            return load_calibration_planes(backend, tile_store, tiles[t],
+                                           with_rec601=bool(opts.intertile_global_recenter))
         progress.start("calibrate", 1, unit="pair")
         calibration = calibrate(backend, [geometry(t) for t in tiles], [t.tile_id for t in tiles],
                                 [t.tau for t in tiles], out_wcs, shape_hw, opts, load,
-                                progress=lambda k, n: progress.advance("calibrate", 0))
+                                progress=lambda k, n: (progress.advance("calibrate", 0), rss.sample()))
         progress.finish("calibrate")
         for tile, g, o in zip(tiles, calibration.gains, calibration.offsets):
             tile.gain, tile.offset = float(g), float(o)
@@ -255,10 +260,13 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     # ---- alpha-union bboxes (§5.3) and background offsets (§4)
     t0 = time.perf_counter()
     for tile in tiles:
-        tile.union_bbox = union_bbox(backend, tile_store, tile, out_grid)
+        tile.union_bbox = union_bbox(backend, tile_store, tile, out_grid,
+                                     strip_pixels=strip_pixels(int(opts.memory_budget)))
+        rss.sample()
     progress.start("background", 1, unit="pair")
-    offsets, _ = background_offsets(backend, tile_store, tiles, out_grid,
-                                    progress=lambda k, n: progress.advance("background", 0))
+    strip = strip_pixels(int(opts.memory_budget))
+    offsets, _ = background_offsets(backend, tile_store, tiles, out_grid, strip_pixels=strip,
+                                    progress=lambda k, n: (progress.advance("background", 0), rss.sample()))
     progress.finish("background")
     for tile, row in zip(tiles, offsets):
         tile.bg_offsets = [float(v) for v in row]
@@ -441,12 +449,16 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
     progress.start("two-pass gains", len(tiles), unit="tile")
     for tile in tiles:
         gamma, _, _ = tile_gain(backend, tile_store, tile, out_grid, read_maps,
-                                opts.two_pass_cov_gain_clip)
+                                opts.two_pass_cov_gain_clip,
+                                strip_pixels=strip_pixels(int(opts.memory_budget)))
+        rss.sample()
         tile.two_pass_gain = gamma
         gains.append(gamma)
         progress.advance("two-pass gains")
     progress.finish("two-pass gains")
-    offsets, _ = background_offsets(backend, tile_store, tiles, out_grid, two_pass=True)
+    strip = strip_pixels(int(opts.memory_budget))
+    offsets, _ = background_offsets(backend, tile_store, tiles, out_grid, two_pass=True,
+                                    strip_pixels=strip)
     for tile, row in zip(tiles, offsets):
         tile.bg_offsets_pass2 = [float(v) for v in row]
 

@@ -56,24 +56,48 @@ def read_raw_region(store: TileStore, tile: TilePlan, rows: tuple[int, int],
     return data, alpha
 
 
-def load_prepared_tile(backend: Backend, store: TileStore, tile: TilePlan, *,
-                       apply_gain_offset: bool = True) -> tuple[Any, Any, Any]:
-    """The whole prepared (cropped) tile: (data (C,h,w) f32, mask m f32, weight ω f64)."""
-    h, w = tile.cropped_hw
-    data, alpha = read_raw_region(store, tile, (0, h), (0, w))
-    return prepare_region(backend, backend.asarray(data),
-                          None if alpha is None else backend.asarray(alpha), tile,
-                          apply_gain_offset=apply_gain_offset)
-
-
-def nan_threshold(backend: Backend, store: TileStore, tile: TilePlan) -> float:
-    """§2.8 θ of a tile: 0.5 if max(mask) > 0.5 else 0 (mask = a_t or m_t)."""
+def nan_threshold(backend: Backend, store: TileStore, tile: TilePlan, *,
+                  rows_per_strip: int = 256) -> float:
+    """§2.8 θ of a tile: 0.5 if max(mask) > 0.5 else 0 (mask = a_t or m_t), read in row strips."""
     saved = tile.nan_threshold
     tile.nan_threshold = None
+    h, w = tile.cropped_hw
+    maximum = 0.0
     try:
-        _, mask, _ = load_prepared_tile(backend, store, tile, apply_gain_offset=False)
+        for r0 in range(0, h, rows_per_strip):
+            data, alpha = read_raw_region(store, tile, (r0, min(h, r0 + rows_per_strip)), (0, w))
+            _, mask, _ = prepare_region(backend, backend.asarray(data),
+                                        None if alpha is None else backend.asarray(alpha), tile,
+                                        apply_gain_offset=False, want_weight=False)
+            if mask.size:
+                maximum = max(maximum, float(backend.xp.max(mask)))
     finally:
         tile.nan_threshold = saved
-    xp = backend.xp
-    maximum = float(xp.max(mask)) if mask.size else 0.0
     return 0.5 if maximum > 0.5 else 0.0
+
+
+def load_calibration_planes(backend: Backend, store: TileStore, tile: TilePlan, *,
+                            with_rec601: bool = True, rows_per_strip: int = 256) -> "TilePlanes":
+    """L_t, M_t (and the Rec.601 Y) of the prepared tile, built in row strips.
+
+    Every plane is per pixel, so strips give exactly the whole-tile planes while
+    only one strip of the 3-channel data is in memory at a time.
+    """
+    from .calibrate import TilePlanes, luminance, rec601_luminance
+
+    xp = backend.xp
+    h, w = tile.cropped_hw
+    lum = xp.empty((h, w), dtype=xp.float32)
+    mask = xp.empty((h, w), dtype=xp.float32)
+    y601 = xp.empty((h, w), dtype=xp.float32) if with_rec601 else None
+    for r0 in range(0, h, rows_per_strip):
+        r1 = min(h, r0 + rows_per_strip)
+        data, alpha = read_raw_region(store, tile, (r0, r1), (0, w))
+        prepared, strip_mask, _ = prepare_region(
+            backend, backend.asarray(data), None if alpha is None else backend.asarray(alpha), tile,
+            apply_gain_offset=False, want_weight=False)
+        lum[r0:r1] = luminance(backend, prepared)
+        mask[r0:r1] = strip_mask
+        if y601 is not None:
+            y601[r0:r1] = rec601_luminance(backend, prepared)
+    return TilePlanes(lum, mask, y601)

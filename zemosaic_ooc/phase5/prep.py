@@ -119,12 +119,12 @@ def soft_weight(backend: Backend, alpha: Any, tile: TilePlan) -> Any:
 
 
 def prepare_region(backend: Backend, raw_data: Any, raw_alpha: Any | None, tile: TilePlan, *,
-                   apply_gain_offset: bool = True) -> tuple[Any, Any, Any]:
+                   apply_gain_offset: bool = True, want_weight: bool = True) -> tuple[Any, Any, Any]:
     """§2.4–§2.8 and §3.9 P9 on a region: returns (data, mask m, weight ω).
 
     data: (C, h, w) float32 with zero fill (§2.4), the §2.8 NaN fill when the
     calibration ran, then ×gain, +offset; m: (h, w) float32 (§2.5);
-    ω: (h, w) float64 = w·τ (§4.1).
+    ω: (h, w) float64 = w·τ (§4.1), or None without ``want_weight``.
     """
     xp = backend.xp
     data = xp.array(raw_data, dtype=xp.float32, copy=True)
@@ -144,7 +144,7 @@ def prepare_region(backend: Backend, raw_data: Any, raw_alpha: Any | None, tile:
             data *= xp.float32(tile.gain)   # python-float semantics: a float32 loop
         if tile.offset != 0.0:
             data += xp.float32(tile.offset)
-    omega = base_weight.astype(xp.float64) * float(tile.tau)
+    omega = base_weight.astype(xp.float64) * float(tile.tau) if want_weight else None
     return data, mask, omega
 
 

@@ -116,8 +116,7 @@ def _file_checksum(path: Path) -> str:
 def _as_chw(data: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
     """§0.3 layout rule, returning (C, H, W) float32 and the input channel count."""
     if data.ndim == 2:
-        plane = data.astype(np.float32, copy=False)
-        return np.broadcast_to(plane, (3,) + plane.shape), 1
+        return np.broadcast_to(data, (3,) + data.shape), 1
     if data.ndim != 3:
         raise InputError(path, f"primary data has {data.ndim} dimensions; expected a 2-D mono "
                                "image or a 3-D RGB image (3, H, W) or (H, W, 3)")
@@ -127,11 +126,11 @@ def _as_chw(data: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
         chw = np.moveaxis(data, -1, 0)
     n_channels = chw.shape[0]
     if n_channels == 1:
-        return np.broadcast_to(chw.astype(np.float32, copy=False), (3,) + chw.shape[1:]), 1
+        return np.broadcast_to(chw, (3,) + chw.shape[1:]), 1
     if n_channels != 3:
         raise InputError(path, f"primary data has {n_channels} channels (shape {data.shape}); "
                                "expected 3 (RGB) or 1 (mono)")
-    return chw.astype(np.float32, copy=False), 3
+    return chw, 3
 
 
 def read_tile_fits(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, fits.Header, int]:
@@ -147,7 +146,7 @@ def read_tile_fits(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, fit
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with fits.open(path, memmap=False) as hdul:
+            with fits.open(path, memmap=True) as hdul:
                 hdul.verify("silentfix")
                 primary = hdul[0]
                 header = primary.header.copy()
@@ -156,21 +155,21 @@ def read_tile_fits(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, fit
                 if "ALPHA" in hdul:
                     alpha_data = hdul["ALPHA"].data
                     if alpha_data is not None:
-                        alpha = np.array(alpha_data)
-                if data is not None:
-                    data = np.array(data)
+                        alpha = np.array(alpha_data, dtype=alpha_data.dtype.newbyteorder("="))
+                if data is None or data.size == 0:
+                    raise InputError(path, "primary HDU has no image data")
+                if not np.issubdtype(data.dtype, np.number):
+                    raise InputError(path, f"primary data has non-numeric dtype {data.dtype}")
+                view, n_in = _as_chw(data, path)
+                # one native float32 copy, made while the file is open (no intermediate copies)
+                chw = np.ascontiguousarray(view, dtype=np.float32)
+                del view, data
     except InputError:
         raise
     except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
-        raise InputError(path, f"cannot be read as FITS ({exc.__class__.__name__}: {exc})") from exc
-    if data is None or data.size == 0:
-        raise InputError(path, "primary HDU has no image data")
-    if not np.issubdtype(data.dtype, np.number):
-        raise InputError(path, f"primary data has non-numeric dtype {data.dtype}")
-    chw, n_in = _as_chw(data, path)
-    chw = np.ascontiguousarray(chw, dtype=np.dtype(np.float32).newbyteorder("="))
-    if alpha is not None:
-        alpha = np.ascontiguousarray(alpha).astype(alpha.dtype.newbyteorder("="), copy=False)
+        problem = "truncated or corrupt FITS" if "reshape" in str(exc) or "truncat" in str(exc).lower() \
+            else "cannot be read as FITS"
+        raise InputError(path, f"{problem} ({exc.__class__.__name__}: {exc})") from exc
     return chw, alpha, header, n_in
 
 

@@ -1,0 +1,49 @@
+"""Host-memory helpers: budgets in pixels, and handing freed memory back to the OS.
+
+glibc keeps freed heap memory in its arenas (one per thread), so a process that
+allocates and frees large temporaries block after block keeps a resident set far
+above what it uses.  :func:`release_memory` asks glibc to return it
+(``malloc_trim``); it is a no-op elsewhere.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+
+_libc = None
+_M_ARENA_MAX = -8
+
+
+def _glibc():
+    global _libc
+    if _libc is None:
+        try:
+            name = ctypes.util.find_library("c")
+            lib = ctypes.CDLL(name) if name else None
+            _libc = lib if lib is not None and hasattr(lib, "malloc_trim") else False
+        except OSError:
+            _libc = False
+    return _libc or None
+
+
+def limit_arenas(count: int = 2) -> None:
+    """Cap glibc's malloc arenas (each worker thread otherwise keeps its own free pool)."""
+    lib = _glibc()
+    if lib is not None and hasattr(lib, "mallopt"):
+        lib.mallopt(_M_ARENA_MAX, int(count))
+
+
+def release_memory(collect: bool = False) -> None:
+    """Return freed heap memory to the OS (glibc ``malloc_trim``); optionally run the GC first."""
+    if collect:
+        gc.collect()
+    lib = _glibc()
+    if lib is not None:
+        lib.malloc_trim(0)
+
+
+def strip_pixels(budget_bytes: int, bytes_per_pixel: int = 256, *, minimum: int = 1 << 16,
+                 maximum: int = 1 << 22) -> int:
+    """How many output pixels a strip task may hold within a share of the budget."""
+    return int(max(minimum, min(maximum, budget_bytes // (2 * bytes_per_pixel))))
