@@ -24,7 +24,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 from ..backend import Backend, numpy_backend
 from .grid import OverlapPair, clamped_boxes, overlap_pairs_with_cascade
 from .mapping import TileGeometry, output_to_tile
-from .resample import sample_bilinear
+from .resample import region_bounds, sample_bilinear
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +123,45 @@ def recenter_preview(backend: Backend, y: Any, preview_size: int) -> Any:
     return y
 
 
-@dataclass
-class TilePlanes:
-    """What the calibration reads of one tile: L_t and M_t (h, w) float32, and Y (Rec.601) or None."""
+def preview_shape(full_hw: tuple[int, int], preview_size: int) -> tuple[int, int] | None:
+    """Output shape of the §3.2 INTER_AREA reduction, or None when no reduction applies."""
+    h, w = full_hw
+    if not preview_size or max(h, w) <= preview_size:
+        return None
+    scale = max(h, w) / float(preview_size)
+    return (max(8, int(round(h / scale))), max(8, int(round(w / scale))))
 
-    luminance: Any
-    mask: Any
-    rec601: Any | None
+
+def recenter_preview_streamed(backend: Backend, strips: Any, full_hw: tuple[int, int],
+                              preview_size: int) -> Any:
+    """§3.2 R_t from Rec.601 row strips ``(r0, y_strip)``: the INTER_AREA sums accumulated strip by strip."""
+    xp = backend.xp
+    out_hw = preview_shape(full_hw, preview_size)
+    if out_hw is None:
+        return xp.concatenate([y for _, y in strips], axis=0)
+    wy = backend.asarray(area_weights(full_hw[0], out_hw[0]))
+    wx = backend.asarray(area_weights(full_hw[1], out_hw[1]))
+    wx_pos = (wx > 0).astype(xp.float64)
+    values = xp.zeros(out_hw, dtype=xp.float64)
+    touched = xp.zeros(out_hw, dtype=xp.float64)
+    for r0, y in strips:
+        r1 = r0 + y.shape[0]
+        nan = xp.isnan(y)
+        values += wy[:, r0:r1] @ xp.where(nan, 0.0, y).astype(xp.float64) @ wx.T
+        touched += (wy[:, r0:r1] > 0).astype(xp.float64) @ nan.astype(xp.float64) @ wx_pos.T
+    return xp.where(touched > 0, xp.nan, values).astype(xp.float32)
+
+
+class CalibrationSource:
+    """What the calibration reads of the prepared tiles (with the §2.8 NaN, before any gain)."""
+
+    def region(self, t: int, rows: tuple[int, int], cols: tuple[int, int]) -> tuple[Any, Any]:
+        """(L_t, M_t) float32 on cropped-tile rows × cols."""
+        raise NotImplementedError
+
+    def preview(self, t: int) -> Any:
+        """R_t (§3.2), at most ``intertile_preview_size`` on a side."""
+        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------- pair grids
@@ -174,13 +206,22 @@ def _pair_target_wcs(out_header: fits.Header, bbox: tuple[int, int, int, int],
     return target, shape_out
 
 
-def _reproject_onto(backend: Backend, plane: Any, geom: TileGeometry, target: WCS,
-                    shape_out: tuple[int, int]) -> np.ndarray:
-    """reproject_interp of one (h, w) plane onto a small target grid, as float32."""
+def _reproject_tile_planes(backend: Backend, source: CalibrationSource, t: int, geom: TileGeometry,
+                           target: WCS, shape_out: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """reproject_interp of L_t and M_t onto a small target grid, as float32 (reading only the region needed)."""
     ys, xs = np.mgrid[0:shape_out[0], 0:shape_out[1]].astype(np.float64)
     uu, vv = output_to_tile(geom, target, xs.ravel(), ys.ravel())
-    values = sample_bilinear(backend, plane[None], (0, 0), plane.shape, uu, vv)[0]
-    return np.asarray(values, dtype=np.float32).reshape(shape_out)
+    bounds = region_bounds(uu, vv, geom.cropped_hw, np)
+    if bounds is None:
+        empty = np.full(shape_out, np.nan, dtype=np.float32)
+        return empty, empty.copy()
+    r0, r1, c0, c1 = bounds
+    lum, mask = source.region(t, (r0, r1), (c0, c1))
+    planes = backend.xp.stack([lum, mask])
+    values = backend.to_host(sample_bilinear(backend, planes, (r0, c0), geom.cropped_hw,
+                                             backend.asarray(uu), backend.asarray(vv)))
+    return (values[0].astype(np.float32).reshape(shape_out),
+            values[1].astype(np.float32).reshape(shape_out))
 
 
 def _mask_valid(mask_reproj: np.ndarray | None) -> np.ndarray | None:
@@ -225,15 +266,13 @@ def robust_affine_fit(x_values: np.ndarray, y_values: np.ndarray,
     return result
 
 
-def fit_pair(backend: Backend, pair: OverlapPair, lum_i: Any, mask_i: Any, lum_j: Any, mask_j: Any,
+def fit_pair(backend: Backend, pair: OverlapPair, source: CalibrationSource,
              geom_i: TileGeometry, geom_j: TileGeometry, out_header: fits.Header,
              preview_size: int, sky_percentile: Sequence[float], clip_sigma: float) -> PairFit | None:
     """§3.5 for one pair: previews, valid samples, sky band, robust fit."""
     target, shape_out = _pair_target_wcs(out_header, pair.bbox, preview_size)
-    arr_i = _reproject_onto(backend, lum_i, geom_i, target, shape_out)
-    arr_j = _reproject_onto(backend, lum_j, geom_j, target, shape_out)
-    rm_i = _reproject_onto(backend, mask_i, geom_i, target, shape_out) if mask_i is not None else None
-    rm_j = _reproject_onto(backend, mask_j, geom_j, target, shape_out) if mask_j is not None else None
+    arr_i, rm_i = _reproject_tile_planes(backend, source, pair.i, geom_i, target, shape_out)
+    arr_j, rm_j = _reproject_tile_planes(backend, source, pair.j, geom_j, target, shape_out)
     valid = np.isfinite(arr_i) & np.isfinite(arr_j)
     for mv in (_mask_valid(rm_i), _mask_valid(rm_j)):
         if mv is not None:
@@ -405,13 +444,12 @@ TileLoader = Callable[[int], tuple[Any, Any | None]]
 
 def calibrate(backend: Backend, geometries: Sequence[TileGeometry], tile_ids: Sequence[str],
               taus: Sequence[float], out_wcs: WCS, shape_hw: tuple[int, int], opts: Any,
-              load_tile: Callable[[int], TilePlanes],
+              source: CalibrationSource,
               progress: Callable[[int, int], None] | None = None) -> CalibrationResult:
-    """§3 end to end.  ``load_tile(t)`` returns the :class:`TilePlanes` of the prepared tile
-    (with the §2.8 NaN, before any gain).
+    """§3 end to end, reading tiles through ``source``.
 
-    Tiles are loaded one pair at a time through a small cache, so memory stays
-    at a few tiles whatever the mosaic size.
+    A pair reads only the tile regions under its preview grid, and R_t is
+    accumulated strip by strip, so memory stays far below one tile.
     """
     n_tiles = len(geometries)
     result = CalibrationResult(gains=[1.0] * n_tiles, offsets=[0.0] * n_tiles, applied=False,
@@ -430,30 +468,12 @@ def calibrate(backend: Backend, geometries: Sequence[TileGeometry], tile_ids: Se
     # §3.4 pruning is inactive below 10 tiles or with few pairs; it is applied when due.
     kept = prune_pairs(pairs, n_tiles, int(opts.intertile_prune_k))
 
-    cache: dict[int, tuple[Any, Any]] = {}       # (L_t, M_t) of at most two whole tiles
-    previews: dict[int, Any] = {}                  # R_t, at most 128 px on a side, every tile
     preview_size = max(128, int(opts.intertile_preview_size))
-
-    def load_planes(t: int) -> tuple[Any, Any]:
-        planes_t = load_tile(t)
-        if opts.intertile_global_recenter and t not in previews and planes_t.rec601 is not None:
-            previews[t] = backend.to_host(
-                recenter_preview(backend, planes_t.rec601, int(opts.intertile_preview_size)))
-        return planes_t.luminance, planes_t.mask
-
-    def planes(t: int) -> tuple[Any, Any]:
-        if t not in cache:
-            if len(cache) >= 2:
-                cache.pop(next(iter(cache)))
-            cache[t] = load_planes(t)
-        return cache[t]
 
     entries: list[PairFit] = []
     connectivity = np.zeros(n_tiles)
     for k, pair in enumerate(kept):
-        lum_i, mask_i = planes(pair.i)
-        lum_j, mask_j = planes(pair.j)
-        fit = fit_pair(backend, pair, lum_i, mask_i, lum_j, mask_j, geometries[pair.i],
+        fit = fit_pair(backend, pair, source, geometries[pair.i],
                        geometries[pair.j], out_header, preview_size,
                        opts.intertile_sky_percentile, opts.intertile_robust_clip_sigma)
         if progress:
@@ -472,18 +492,13 @@ def calibrate(backend: Backend, geometries: Sequence[TileGeometry], tile_ids: Se
     solution, _raw = solve_m0(n_tiles, entries, anchor)
     result.solver_output = list(solution)
 
-    cache.clear()
     recenter = None
     if opts.intertile_global_recenter:
         def recenter(values: list[tuple[float, float]]) -> list[float]:
             medians = []
             for t, (g, o) in enumerate(values):
-                if t not in previews:
-                    planes_t = load_tile(t)
-                    previews[t] = backend.to_host(
-                        recenter_preview(backend, planes_t.rec601, int(opts.intertile_preview_size)))
-                    del planes_t
-                corrected = previews[t].astype(np.float32) * np.float32(g) + np.float32(o)
+                preview = backend.to_host(source.preview(t))
+                corrected = preview.astype(np.float32) * np.float32(g) + np.float32(o)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
                     medians.append(float(np.nanmedian(corrected)))

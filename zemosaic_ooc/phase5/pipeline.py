@@ -35,7 +35,7 @@ from .coadd import BlockResult, coadd_block, union_bbox
 from .finish import alpha_source_index, alpha_u8, autocrop_window, finish_values
 from .grid import Box, compute_output_grid, grid_from_header, iter_blocks, reproject_box
 from .mapping import OutputGrid
-from .plan import build_tile_plans, geometry, load_calibration_planes, nan_threshold
+from .plan import StoreCalibrationSource, build_tile_plans, geometry, nan_threshold
 from .prep import TilePlan
 
 log = logging.getLogger(__name__)
@@ -244,12 +244,10 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     calibration = CalibrationResult(gains=[1.0] * len(tiles), offsets=[0.0] * len(tiles),
                                     applied=False, status="disabled")
     if calibration_runs:
-        def load(t: int):
-            return load_calibration_planes(backend, tile_store, tiles[t],
-                                           with_rec601=bool(opts.intertile_global_recenter))
+        source = StoreCalibrationSource(backend, tile_store, tiles, int(opts.intertile_preview_size))
         progress.start("calibrate", 1, unit="pair")
         calibration = calibrate(backend, [geometry(t) for t in tiles], [t.tile_id for t in tiles],
-                                [t.tau for t in tiles], out_wcs, shape_hw, opts, load,
+                                [t.tau for t in tiles], out_wcs, shape_hw, opts, source,
                                 progress=lambda k, n: (progress.advance("calibrate", 0), rss.sample()))
         progress.finish("calibrate")
         for tile, g, o in zip(tiles, calibration.gains, calibration.offsets):

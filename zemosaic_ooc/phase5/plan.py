@@ -76,28 +76,39 @@ def nan_threshold(backend: Backend, store: TileStore, tile: TilePlan, *,
     return 0.5 if maximum > 0.5 else 0.0
 
 
-def load_calibration_planes(backend: Backend, store: TileStore, tile: TilePlan, *,
-                            with_rec601: bool = True, rows_per_strip: int = 256) -> "TilePlanes":
-    """L_t, M_t (and the Rec.601 Y) of the prepared tile, built in row strips.
+class StoreCalibrationSource:
+    """:class:`~.calibrate.CalibrationSource` over the TileStore: planes of any region, streamed previews."""
 
-    Every plane is per pixel, so strips give exactly the whole-tile planes while
-    only one strip of the 3-channel data is in memory at a time.
-    """
-    from .calibrate import TilePlanes, luminance, rec601_luminance
+    def __init__(self, backend: Backend, store: TileStore, tiles: list[TilePlan], preview_size: int,
+                 rows_per_strip: int = 256):
+        self.backend = backend
+        self.store = store
+        self.tiles = tiles
+        self.preview_size = int(preview_size)
+        self.rows_per_strip = rows_per_strip
 
-    xp = backend.xp
-    h, w = tile.cropped_hw
-    lum = xp.empty((h, w), dtype=xp.float32)
-    mask = xp.empty((h, w), dtype=xp.float32)
-    y601 = xp.empty((h, w), dtype=xp.float32) if with_rec601 else None
-    for r0 in range(0, h, rows_per_strip):
-        r1 = min(h, r0 + rows_per_strip)
-        data, alpha = read_raw_region(store, tile, (r0, r1), (0, w))
-        prepared, strip_mask, _ = prepare_region(
-            backend, backend.asarray(data), None if alpha is None else backend.asarray(alpha), tile,
+    def _prepared(self, t: int, rows: tuple[int, int], cols: tuple[int, int]) -> tuple[Any, Any]:
+        data, alpha = read_raw_region(self.store, self.tiles[t], rows, cols)
+        prepared, mask, _ = prepare_region(
+            self.backend, self.backend.asarray(data),
+            None if alpha is None else self.backend.asarray(alpha), self.tiles[t],
             apply_gain_offset=False, want_weight=False)
-        lum[r0:r1] = luminance(backend, prepared)
-        mask[r0:r1] = strip_mask
-        if y601 is not None:
-            y601[r0:r1] = rec601_luminance(backend, prepared)
-    return TilePlanes(lum, mask, y601)
+        return prepared, mask
+
+    def region(self, t: int, rows: tuple[int, int], cols: tuple[int, int]) -> tuple[Any, Any]:
+        from .calibrate import luminance
+
+        prepared, mask = self._prepared(t, rows, cols)
+        return luminance(self.backend, prepared), mask
+
+    def preview(self, t: int) -> Any:
+        from .calibrate import rec601_luminance, recenter_preview_streamed
+
+        h, w = self.tiles[t].cropped_hw
+
+        def strips():
+            for r0 in range(0, h, self.rows_per_strip):
+                prepared, _ = self._prepared(t, (r0, min(h, r0 + self.rows_per_strip)), (0, w))
+                yield r0, rec601_luminance(self.backend, prepared)
+
+        return recenter_preview_streamed(self.backend, strips(), (h, w), self.preview_size)
