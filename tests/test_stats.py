@@ -19,3 +19,14 @@ def test_exact_percentiles_equal_numpy_linear_percentiles(seed):
 
 def test_exact_percentiles_of_nothing_are_nan():
     assert np.isnan(exact_percentiles([0], lambda k: np.zeros(0), [5.0])[0])
+
+
+def test_exact_percentiles_refine_skewed_values_without_gathering_them_all():
+    """A sky with a few bright stars: nearly every value falls in one bin of the full range."""
+    rng = np.random.default_rng(7)
+    blocks = [np.concatenate([rng.normal(400.0, 3.0, 20000), rng.uniform(1e4, 6e4, 5)]).astype(np.float32)
+              for _ in range(5)]
+    everything = np.concatenate(blocks).astype(np.float64)
+    qs = [5.0, 50.0, 99.5]
+    ours = exact_percentiles(list(range(5)), lambda k: blocks[k], qs, max_gather=500)
+    assert ours == pytest.approx([float(np.percentile(everything, q)) for q in qs], rel=0, abs=1e-9)

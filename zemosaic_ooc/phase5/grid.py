@@ -76,6 +76,19 @@ def iter_blocks(shape_hw: tuple[int, int], block: int) -> Iterator[Box]:
             yield (y0, min(height, y0 + block), x0, min(width, x0 + block))
 
 
+def halo_superblocks(shape_hw: tuple[int, int], block: int, halo: int, budget_bytes: int,
+                     bytes_per_pixel: int = 32) -> list[Box]:
+    """Chunk-aligned groups of k × k blocks for stages that read a halo around each task.
+
+    k is the largest with (k·block + 2·halo)² · bytes_per_pixel within half the
+    budget (at least 1), so a wide halo is not re-read for every small block.
+    Each chunk belongs to exactly one group, so concurrent writes never share a chunk.
+    """
+    side = int(math.sqrt(max(1, budget_bytes // 2) / max(1, bytes_per_pixel)))
+    k = max(1, (side - 2 * halo) // max(1, block))
+    return list(iter_blocks(shape_hw, k * block))
+
+
 def intersect(a: Box | None, b: Box | None) -> Box | None:
     """Intersection of two half-open boxes, or None when empty."""
     if a is None or b is None:

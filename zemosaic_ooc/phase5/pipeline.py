@@ -33,7 +33,7 @@ from .background import background_offsets
 from .calibrate import CalibrationResult, calibrate
 from .coadd import BlockResult, coadd_block, union_bbox
 from .finish import alpha_source_index, alpha_u8, autocrop_window, finish_values
-from .grid import Box, compute_output_grid, grid_from_header, iter_blocks, reproject_box
+from .grid import Box, compute_output_grid, grid_from_header, halo_superblocks, iter_blocks, reproject_box
 from .mapping import OutputGrid
 from .plan import StoreCalibrationSource, build_tile_plans, geometry, nan_threshold
 from .prep import TilePlan
@@ -437,7 +437,8 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         cov_blur[y0:y1, x0:x1] = backend.to_host(cb[sy, sx])
         scale_map[y0:y1, x0:x1] = backend.to_host(scale[sy, sx])
 
-    _run_blocks(blocks, blur_task, workers, progress, "coverage blur", rss)
+    blur_groups = halo_superblocks((height, width), block, radius, int(opts.memory_budget))
+    _run_blocks(blur_groups, blur_task, workers, progress, "coverage blur", rss)
 
     def read_maps(box: Box):
         y0, y1, x0, x1 = box
@@ -534,9 +535,16 @@ def run_patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blo
     coverage = store.array("coverage")
     alpha = store.array("alpha")
     # blocks in window coordinates (the suppressor sees the cropped mosaic, as ZeMosaic's does)
-    wblocks = [(max(b[0], wy0) - wy0, min(b[1], wy1) - wy0, max(b[2], wx0) - wx0, min(b[3], wx1) - wx0)
-               for b in blocks]
-    wblocks = [b for b in wblocks if b[1] > b[0] and b[3] > b[2]]
+    grid_hw = (int(store.attrs["shape_hw"][0]), int(store.attrs["shape_hw"][1]))
+    groups = halo_superblocks(grid_hw, block, params.halo, int(opts.memory_budget))
+
+    def in_window(boxes: list[Box]) -> list[Box]:
+        clipped = [(max(b[0], wy0) - wy0, min(b[1], wy1) - wy0, max(b[2], wx0) - wx0, min(b[3], wx1) - wx0)
+                   for b in boxes]
+        return [b for b in clipped if b[1] > b[0] and b[3] > b[2]]
+
+    wblocks = in_window(blocks)
+    wgroups = in_window(groups)
 
     def read(box: Box, halo: int = 0):
         y0, y1, x0, x1 = box
@@ -590,7 +598,7 @@ def run_patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blo
         y0, y1, x0, x1 = box
         delta_store[wy0 + y0:wy0 + y1, wx0 + x0:wx0 + x1] = backend.to_host(delta[inner])
 
-    _run_blocks(wblocks, delta_task, workers, progress, "patchwork blur", rss)
+    _run_blocks(wgroups, delta_task, workers, progress, "patchwork blur", rss)
 
     def abs_delta_values(box: Box) -> np.ndarray:
         m, c, a, _ = read(box)
@@ -621,6 +629,6 @@ def run_patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blo
         out = pw.apply_correction(backend, m, y_f, valid, w_seam, delta, cap, eps, params)
         mosaic[wy0 + y0:wy0 + y1, wx0 + x0:wx0 + x1, :] = backend.to_host(out)
 
-    _run_blocks(wblocks, correct_task, workers, progress, "patchwork", rss)
+    _run_blocks(wgroups, correct_task, workers, progress, "patchwork", rss)
     info["ran"] = True
     return info

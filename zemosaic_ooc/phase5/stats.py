@@ -1,11 +1,13 @@
 """Exact global percentiles out of core.
 
 The values live in blocks; ``values_of(block)`` returns the (1-D, host) values a
-block contributes.  Pass 1 counts them and finds their range; pass 2 builds a
-histogram on fixed edges; pass 3 gathers only the values in the bins holding the
-wanted ranks and selects them exactly (``np.partition``).  The result equals
-``np.percentile(all_values, q)`` (linear interpolation) without ever holding all
-values in memory.
+block contributes.  Pass 1 counts them and finds their range.  Then, for every
+order statistic a percentile needs, histograms on fixed edges narrow the value
+range bin by bin (a skewed sky, where nearly every value falls in one bin of the
+full range, just takes another level) until the bin holding the wanted rank is
+small enough to gather; the rank is then selected exactly with ``np.partition``.
+The result equals ``np.percentile(all_values, q)`` (linear interpolation) while
+memory stays at one block plus at most ``max_gather`` values.
 """
 from __future__ import annotations
 
@@ -14,10 +16,52 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 N_BINS = 4096
+MAX_GATHER = 1 << 20
+MAX_LEVELS = 8
+
+
+def _bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    return np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
+
+
+def _members(values: np.ndarray, levels: list[tuple[np.ndarray, int]]) -> np.ndarray:
+    """Values inside the nested bins chosen so far."""
+    for edges, chosen in levels:
+        inside = (values >= edges[0]) & (values <= edges[-1])
+        values = values[inside]
+        values = values[_bin_index(values, edges) == chosen]
+    return values
+
+
+def _order_statistic(blocks: Sequence, values_of: Callable[[object], np.ndarray], rank: int,
+                     lo: float, hi: float, max_gather: int) -> float:
+    levels: list[tuple[np.ndarray, int]] = []
+    below = 0                                    # values ranked before the current range
+    for _level in range(MAX_LEVELS):
+        edges = np.linspace(lo, hi, N_BINS + 1)
+        hist = np.zeros(N_BINS, dtype=np.int64)
+        for block in blocks:
+            v = _members(values_of(block), levels)
+            v = v[(v >= lo) & (v <= hi)]
+            if v.size:
+                hist += np.bincount(_bin_index(v, edges), minlength=N_BINS)
+        cumulative = below + np.cumsum(hist)
+        chosen = int(np.searchsorted(cumulative, rank, side="right"))
+        count = int(hist[chosen])
+        start = int(cumulative[chosen - 1]) if chosen > 0 else below
+        new_lo, new_hi = float(edges[chosen]), float(edges[chosen + 1])
+        levels.append((edges, chosen))
+        if count <= max_gather or not (new_lo < new_hi) or new_hi - new_lo <= abs(new_lo) * 1e-12:
+            gathered = [_members(values_of(block), levels) for block in blocks]
+            values = np.concatenate([g for g in gathered if g.size]) if gathered else np.zeros(0)
+            k = rank - start
+            return float(np.partition(values, k)[k])
+        below, lo, hi = start, new_lo, new_hi
+    raise RuntimeError("exact percentile did not converge")  # pragma: no cover
 
 
 def exact_percentiles(blocks: Sequence, values_of: Callable[[object], np.ndarray],
-                      qs: Iterable[float]) -> list[float]:
+                      qs: Iterable[float], *, max_gather: int = MAX_GATHER) -> list[float]:
     """numpy-linear percentiles ``qs`` (0–100) of the union of every block's values (NaN if none)."""
     qs = list(qs)
     count, lo, hi = 0, np.inf, -np.inf
@@ -31,41 +75,16 @@ def exact_percentiles(blocks: Sequence, values_of: Callable[[object], np.ndarray
         return [float("nan")] * len(qs)
     if lo == hi:
         return [lo] * len(qs)
-    edges = np.linspace(lo, hi, N_BINS + 1)
-    hist = np.zeros(N_BINS, dtype=np.int64)
-    for block in blocks:
-        v = values_of(block)
-        if v.size:
-            idx = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, N_BINS - 1)
-            hist += np.bincount(idx, minlength=N_BINS)
-    cumulative = np.cumsum(hist)
-    ranks: set[int] = set()
-    plan = []
+    cache: dict[int, float] = {}
+    results = []
     for q in qs:
         position = (count - 1) * (q / 100.0)
         lower = int(np.floor(position))
         upper = min(lower + 1, count - 1)
-        ranks.update((lower, upper))
-        plan.append((lower, upper, position - lower))
-    wanted_bins = {int(np.searchsorted(cumulative, r, side="right")) for r in ranks}
-    gathered: dict[int, list[np.ndarray]] = {b: [] for b in wanted_bins}
-    for block in blocks:
-        v = values_of(block)
-        if v.size:
-            idx = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, N_BINS - 1)
-            for b in wanted_bins:
-                sel = v[idx == b]
-                if sel.size:
-                    gathered[b].append(sel)
-    order_stat: dict[int, float] = {}
-    for r in ranks:
-        b = int(np.searchsorted(cumulative, r, side="right"))
-        before = int(cumulative[b - 1]) if b > 0 else 0
-        values = np.concatenate(gathered[b])
-        k = r - before
-        order_stat[r] = float(np.partition(values, k)[k])
-    results = []
-    for lower, upper, frac in plan:
-        a, b = order_stat[lower], order_stat[upper]
+        frac = position - lower
+        for rank in (lower, upper):
+            if rank not in cache:
+                cache[rank] = _order_statistic(blocks, values_of, rank, lo, hi, max_gather)
+        a, b = cache[lower], cache[upper]
         results.append(b - (b - a) * (1 - frac) if frac >= 0.5 else a + (b - a) * frac)
     return results
