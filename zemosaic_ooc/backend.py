@@ -135,3 +135,46 @@ def select_backend(mode: str = "auto", *, host_budget_bytes: int = 2 * 1024**3,
             "--gpu on was requested but no CUDA device is usable "
             "(install the 'gpu' extra, e.g. pip install 'zemosaic_ooc[gpu]', and check the driver)")
     return numpy_backend(host_budget_bytes)
+
+
+class DeviceOutOfMemory(MemoryError):
+    """Out of device memory (raised by fault injection when numpy stands in for the device)."""
+
+
+class DeviceError(RuntimeError):
+    """A device failure other than out-of-memory (fault injection stand-in for CUDA errors)."""
+
+
+def _exception_chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """cupy OutOfMemoryError, CUDARuntimeError with status 2, or an "out of memory" message."""
+    for item in _exception_chain(exc):
+        if isinstance(item, DeviceOutOfMemory):
+            return True
+        name = type(item).__name__
+        if name == "OutOfMemoryError":
+            return True
+        if name == "CUDARuntimeError" and getattr(item, "status", None) == 2:
+            return True
+        text = str(item).lower()
+        if "out of memory" in text or "cuda_error_out_of_memory" in text:
+            return True
+    return False
+
+
+def is_device_error(exc: BaseException) -> bool:
+    """Any CUDA/cupy failure (the device must not be trusted further)."""
+    for item in _exception_chain(exc):
+        if isinstance(item, DeviceError):
+            return True
+        module = type(item).__module__ or ""
+        if module.startswith(("cupy", "cupyx", "cupy_backends")) or "CUDA" in type(item).__name__:
+            return True
+    return False

@@ -27,6 +27,7 @@ from ..errors import InputError, StoreError
 from ..options import Phase5Options
 from ..progress import NullProgress, ProgressSink
 from ..store.journal import Journal
+from ..fallback.guard import OomGuard
 from ..store.mosaic import MosaicStore
 from ..store.tiles import TileStore, ingest_tiles
 from .background import background_offsets
@@ -67,6 +68,7 @@ class RunSummary:
     fits_path: str | None = None
     preview_path: str | None = None
     two_pass: dict[str, Any] = field(default_factory=dict)
+    device: dict[str, Any] = field(default_factory=dict)
 
     def format(self) -> str:
         y0, y1, x0, x1 = self.window
@@ -97,6 +99,11 @@ class RunSummary:
             lines.append(f"  FITS        {self.fits_path}")
         if self.preview_path:
             lines.append(f"  preview     {self.preview_path}")
+        dev = self.device
+        if dev.get("device"):
+            lines.append(f"  device      {dev['device']}: {dev.get('replays', 0)} block(s) replayed on CPU, "
+                         f"{dev.get('oom_strikes', 0)} OOM(s)"
+                         + (f"; disabled: {dev['disabled_reason']}" if dev.get("disabled_reason") else ""))
         tp = self.two_pass
         if tp.get("ran"):
             gains = ", ".join(f"{g:.4f}" for g in tp.get("gains", []))
@@ -132,47 +139,77 @@ def choose_block_size(opts: Phase5Options, workers: int) -> int:
     return side
 
 
-def _run_blocks(blocks: Sequence[Box], task: Callable[[Box], Any], workers: int,
-                progress: ProgressSink, stage: str, rss: _PeakRss) -> list[Any]:
-    progress.start(stage, len(blocks))
-    results: list[Any] = [None] * len(blocks)
-    if workers <= 1:
-        for k, block in enumerate(blocks):
-            results[k] = task(block)
-            release_memory()
-            rss.sample()
-            progress.advance(stage)
-    else:
-        with cf.ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(task, block): k for k, block in enumerate(blocks)}
-            for future in cf.as_completed(futures):
-                results[futures[future]] = future.result()
-                release_memory()
-                rss.sample()
-                progress.advance(stage)
-    progress.finish(stage)
-    return results
+@dataclass
+class BlockRunner:
+    """Runs a stage's block tasks on a thread pool, through the OOM guard, and journals them."""
+
+    workers: int
+    progress: ProgressSink
+    rss: _PeakRss
+    journal: Journal | None
+    guard: OomGuard
+
+    def run(self, stage: str, boxes: Sequence[Box], task: Callable[..., Any], *,
+            guarded: bool = True) -> list[Any]:
+        """``task(box, backend)`` when ``guarded`` (device first, CPU replay on OOM), else ``task(box)``."""
+
+        def call(box: Box) -> Any:
+            started = time.perf_counter()
+            if guarded:
+                result, outcome = self.guard.run(stage, box, task)
+                backend_name, replay = outcome.backend, outcome.replay
+            else:
+                result, backend_name, replay = task(box), self.guard.host.name, False
+            if self.journal is not None:
+                self.journal.block_done(stage, "{}:{},{}:{}".format(*box), backend_name,
+                                        time.perf_counter() - started, replay)
+            return result
+
+        self.progress.start(stage, len(boxes))
+        results: list[Any] = [None] * len(boxes)
+        if self.workers <= 1:
+            for k, box in enumerate(boxes):
+                results[k] = call(box)
+                self.rss.sample()
+                self.progress.advance(stage)
+        else:
+            with cf.ThreadPoolExecutor(max_workers=self.workers) as pool:
+                futures = {pool.submit(call, box): k for k, box in enumerate(boxes)}
+                for future in cf.as_completed(futures):
+                    results[futures[future]] = future.result()
+                    self.rss.sample()
+                    self.progress.advance(stage)
+        self.progress.finish(stage)
+        return results
 
 
 def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
                  options: Phase5Options | None = None, *,
                  fits_path: str | Path | None = None, preview_path: str | Path | None = None,
                  progress: ProgressSink | None = None, backend: Backend | None = None,
-                 workers: int | None = None, grid: tuple[Any, tuple[int, int]] | None = None
-                 ) -> RunSummary:
+                 workers: int | None = None, grid: tuple[Any, tuple[int, int]] | None = None,
+                 device: Backend | None = None, max_oom: int = 3,
+                 fault_injector: Any = None) -> RunSummary:
     """Run Phase 5 from master-tile FITS files to a MosaicStore (and optional FITS/PNG).
+
+    ``backend`` is the host (CPU) backend.  ``device`` runs the block stages on a
+    device backend through the OOM guard (replays on the CPU, disabled after
+    ``max_oom`` out-of-memory errors or any other device error);
+    ``fault_injector(stage, box, device)`` may raise to simulate device failures
+    (tests run the device path with numpy standing in for the device).
 
     ``grid`` = (WCS, (H, W)) overrides the computed output grid (else ``options.grid``,
     a FITS header file, else spec §1).
     """
     opts = options or Phase5Options()
     progress = progress or NullProgress()
-    if backend is None:
+    if device is None:
         chosen = select_backend(str(getattr(opts, "gpu", "auto")),
                                 host_budget_bytes=int(opts.memory_budget))
         if chosen.is_device:  # pragma: no cover - needs a GPU
-            # The CuPy path has not been validated yet (issue 4): compute on the CPU.
-            log.warning("a GPU is available but the GPU backend is not enabled yet; running on CPU")
+            # The CuPy path has not been validated on a GPU yet (issue 4): compute on the CPU.
+            log.warning("a GPU is available but the CuPy path is not validated yet; running on CPU")
+    if backend is None:
         backend = numpy_backend(int(opts.memory_budget))
     workers = workers or min(os.cpu_count() or 1, 8)
     rss = _PeakRss()
@@ -229,6 +266,8 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     os.replace(staging, final_tiles)
     tile_store = TileStore.open(final_tiles)
     journal = Journal(output / "journal.sqlite")
+    guard = OomGuard(device, backend, max_oom=max_oom, inject=fault_injector)
+    runner = BlockRunner(workers, progress, rss, journal, guard)
 
     calibration_runs = bool(opts.intertile_photometric_match) and len(tiles) >= 2
     for tile in tiles:
@@ -283,14 +322,12 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     p1_union = store.require("stages/alpha_union", (height, width), "float32", (block, block))
     threshold = 0.0 if opts.crop_follow_signal else 1e-6
 
-    def pass1_task(box: Box) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
-        started = time.perf_counter()
-        result = coadd_block(backend, tile_store, tiles, out_grid, box)
+    def pass1_task(box: Box, be: Backend) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+        result = coadd_block(be, tile_store, tiles, out_grid, box)
         y0, y1, x0, x1 = box
         p1[y0:y1, x0:x1, :] = result.mosaic
         p1_cov[y0:y1, x0:x1] = result.coverage
         p1_union[y0:y1, x0:x1] = result.union
-        journal.block_done("pass1", f"{y0}:{y1},{x0}:{x1}", backend.name, time.perf_counter() - started)
         covered = result.coverage > threshold
         rows = np.nonzero(covered.any(axis=1))[0]
         cols = np.nonzero(covered.any(axis=0))[0]
@@ -298,7 +335,7 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
             return None, None
         return (int(rows[0]) + y0, int(rows[-1]) + y0 + 1), (int(cols[0]) + x0, int(cols[-1]) + x0 + 1)
 
-    extents = _run_blocks(blocks, pass1_task, workers, progress, "pass1", rss)
+    extents = runner.run("pass1", blocks, pass1_task)
     stages.append(("pass1", time.perf_counter() - t0))
 
     # ---- autocrop (§5.4) and finish (§5.5)
@@ -351,7 +388,7 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         alpha_arr[iy0:iy1, ix0:ix1] = a8
         return int(np.count_nonzero(np.isfinite(mos).all(axis=-1)))
 
-    valid_counts = _run_blocks(blocks, finish_task, workers, progress, "finish", rss)
+    valid_counts = runner.run("finish", blocks, finish_task, guarded=False)
     window_pixels = max(1, (wy1 - wy0) * (wx1 - wx0))
     stages.append(("finish", time.perf_counter() - t0))
     two_pass_info: dict[str, Any] = {"enabled": bool(opts.two_pass_coverage_renorm), "ran": False}
@@ -360,14 +397,13 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         two_pass_info["note"] = two_pass_note
     if two_pass_runs:
         t0 = time.perf_counter()
-        two_pass_info = run_two_pass(backend, store, tile_store, tiles, out_grid, opts, blocks,
-                                     workers, progress, rss, journal)
+        two_pass_info = run_two_pass(backend, store, tile_store, tiles, out_grid, opts, blocks, runner)
         stages.append(("two-pass", time.perf_counter() - t0))
         valid_counts = [two_pass_info.pop("valid_pixels")]
     patchwork_info: dict[str, Any] = {"enabled": bool(opts.patchwork_suppressor_enabled), "ran": False}
     if opts.patchwork_suppressor_enabled:
         t0 = time.perf_counter()
-        patchwork_info = run_patchwork(backend, store, opts, blocks, window, workers, progress, rss)
+        patchwork_info = run_patchwork(backend, store, opts, blocks, window, runner)
         stages.append(("patchwork", time.perf_counter() - t0))
     store.attrs_update(window=list(window), autocrop_fired=bool(fired), patchwork=patchwork_info,
                        steps_run=["intertile" if calibration.applied else "intertile (not applied)",
@@ -378,7 +414,8 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
 
     summary = RunSummary(
         output=str(output), shape_hw=tuple(shape_hw), window=window, n_tiles=len(tiles),
-        backend=backend.name, block_size=block, workers=workers, stages=stages,
+        backend=backend.name if device is None else f"{device.name} (replays on {backend.name})",
+        block_size=block, workers=workers, stages=stages, device=guard.summary(),
         calibration=calibration.to_json(), background_offsets=[list(t.bg_offsets) for t in tiles],
         tile_weights=[t.tau for t in tiles], autocrop_fired=bool(fired),
         valid_fraction=sum(valid_counts) / window_pixels,
@@ -412,8 +449,8 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
 
 
 def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, tiles: list[TilePlan],
-                 out_grid: OutputGrid, opts: Phase5Options, blocks: list[Box], workers: int,
-                 progress: ProgressSink, rss: _PeakRss, journal: Journal) -> dict[str, Any]:
+                 out_grid: OutputGrid, opts: Phase5Options, blocks: list[Box],
+                 runner: BlockRunner) -> dict[str, Any]:
     """§6: coverage blur (halo), tile gains (exact medians), pass 2, P5, merge."""
     from .renorm import blur_radius, blurred_coverage_block, merge_block, tile_gain
     from .stats import exact_percentiles
@@ -427,18 +464,20 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
     cov_blur = store.require("stages/coverage_blur", (height, width), "float32", (block, block))
     scale_map = store.require("stages/scale_map", (height, width), "float32", (block, block))
 
-    def blur_task(box: Box) -> None:
+    progress, rss = runner.progress, runner.rss
+
+    def blur_task(box: Box, be: Backend) -> None:
         y0, y1, x0, x1 = box
         gy0, gy1 = max(0, y0 - radius), min(height, y1 + radius)
         gx0, gx1 = max(0, x0 - radius), min(width, x1 + radius)
-        region = backend.asarray(c1[gy0:gy1, gx0:gx1])
-        cb, scale = blurred_coverage_block(backend, region, sigma)
+        region = be.asarray(c1[gy0:gy1, gx0:gx1])
+        cb, scale = blurred_coverage_block(be, region, sigma)
         sy, sx = slice(y0 - gy0, y1 - gy0), slice(x0 - gx0, x1 - gx0)
-        cov_blur[y0:y1, x0:x1] = backend.to_host(cb[sy, sx])
-        scale_map[y0:y1, x0:x1] = backend.to_host(scale[sy, sx])
+        cov_blur[y0:y1, x0:x1] = be.to_host(cb[sy, sx])
+        scale_map[y0:y1, x0:x1] = be.to_host(scale[sy, sx])
 
     blur_groups = halo_superblocks((height, width), block, radius, int(opts.memory_budget))
-    _run_blocks(blur_groups, blur_task, workers, progress, "coverage blur", rss)
+    runner.run("coverage blur", blur_groups, blur_task)
 
     def read_maps(box: Box):
         y0, y1, x0, x1 = box
@@ -465,18 +504,17 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
                        fill_value=float("nan"))
     c2 = store.require("stages/pass2_coverage", (height, width), "float32", (block, block))
 
-    def pass2_task(box: Box) -> None:
+    def pass2_task(box: Box, be: Backend) -> None:
         y0, y1, x0, x1 = box
-        result = coadd_block(backend, tile_store, tiles, out_grid, box,
+        result = coadd_block(be, tile_store, tiles, out_grid, box,
                              offsets_attr="bg_offsets_pass2", with_union=False, two_pass=True)
         cov = np.where(np.isfinite(result.coverage), result.coverage, np.float32(0.0))
         mos = np.where(np.isfinite(result.mosaic), result.mosaic, np.float32(np.nan))
         mos[cov <= 0] = np.nan
         m2[y0:y1, x0:x1, :] = mos
         c2[y0:y1, x0:x1] = cov
-        journal.block_done("pass2", f"{y0}:{y1},{x0}:{x1}", backend.name, 0.0)
 
-    _run_blocks(blocks, pass2_task, workers, progress, "pass2", rss)
+    runner.run("pass2", blocks, pass2_task)
 
     def luminance_values(box: Box) -> np.ndarray:
         y0, y1, x0, x1 = box
@@ -509,7 +547,7 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         pass2_mask[y0:y1, x0:x1] = use.astype(np.uint8)
         return int(use.sum()), int(np.count_nonzero(np.isfinite(mos).all(axis=-1)))
 
-    counts = _run_blocks(blocks, merge_task, workers, progress, "merge", rss)
+    counts = runner.run("merge", blocks, merge_task, guarded=False)
     used = sum(c[0] for c in counts)
     info["fraction_pass2"] = used / float(height * width)
     info["valid_pixels"] = sum(c[1] for c in counts)
@@ -519,7 +557,7 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
 
 
 def run_patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks: list[Box],
-                  window: Box, workers: int, progress: ProgressSink, rss: _PeakRss) -> dict[str, Any]:
+                  window: Box, runner: BlockRunner) -> dict[str, Any]:
     """§7 on the finished mosaic (within the autocrop window), block by block with halos."""
     from . import patchwork as pw
     from .stats import exact_percentiles
@@ -546,12 +584,12 @@ def run_patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blo
     wblocks = in_window(blocks)
     wgroups = in_window(groups)
 
-    def read(box: Box, halo: int = 0):
+    def read(box: Box, halo: int = 0, be: Backend = backend):
         y0, y1, x0, x1 = box
         gy0, gy1, gx0, gx1 = max(0, y0 - halo), min(height, y1 + halo), max(0, x0 - halo), min(width, x1 + halo)
-        m = backend.asarray(mosaic[wy0 + gy0:wy0 + gy1, wx0 + gx0:wx0 + gx1, :])
-        c = backend.asarray(coverage[wy0 + gy0:wy0 + gy1, wx0 + gx0:wx0 + gx1])
-        a = backend.asarray(alpha[wy0 + gy0:wy0 + gy1, wx0 + gx0:wx0 + gx1])
+        m = be.asarray(mosaic[wy0 + gy0:wy0 + gy1, wx0 + gx0:wx0 + gx1, :])
+        c = be.asarray(coverage[wy0 + gy0:wy0 + gy1, wx0 + gx0:wx0 + gx1])
+        a = be.asarray(alpha[wy0 + gy0:wy0 + gy1, wx0 + gx0:wx0 + gx1])
         inner = (slice(y0 - gy0, y1 - gy0), slice(x0 - gx0, x1 - gx0))
         return m, c, a, inner
 
@@ -571,11 +609,11 @@ def run_patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blo
         info["note"] = "coverage is zero everywhere (no-op)"
         return info
 
-    def gradient_block(box: Box, halo: int):
-        m, c, a, inner = read(box, halo)
-        z = pw.seam_source(backend, c, max_c)
-        g = pw.gradient_magnitude(backend, z)
-        valid = pw.valid_mask(backend, m, c, a)
+    def gradient_block(box: Box, halo: int, be: Backend = backend):
+        m, c, a, inner = read(box, halo, be)
+        z = pw.seam_source(be, c, max_c)
+        g = pw.gradient_magnitude(be, z)
+        valid = pw.valid_mask(be, m, c, a)
         return g, valid, inner
 
     def g_values(box: Box) -> np.ndarray:
@@ -590,15 +628,15 @@ def run_patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blo
     grid_h, grid_w = (int(v) for v in store.attrs["shape_hw"])
     delta_store = store.require("stages/patchwork_delta", (grid_h, grid_w), "float32", (block, block))
 
-    def delta_task(box: Box) -> None:
-        m, c, a, inner = read(box, params.halo)
-        valid = pw.valid_mask(backend, m, c, a)
-        y_f = pw.filled_luminance(backend, m, valid, median_y)
-        delta = pw.blur(backend, y_f, params.sigma_small) - pw.blur(backend, y_f, params.sigma_large)
+    def delta_task(box: Box, be: Backend) -> None:
+        m, c, a, inner = read(box, params.halo, be)
+        valid = pw.valid_mask(be, m, c, a)
+        y_f = pw.filled_luminance(be, m, valid, median_y)
+        delta = pw.blur(be, y_f, params.sigma_small) - pw.blur(be, y_f, params.sigma_large)
         y0, y1, x0, x1 = box
-        delta_store[wy0 + y0:wy0 + y1, wx0 + x0:wx0 + x1] = backend.to_host(delta[inner])
+        delta_store[wy0 + y0:wy0 + y1, wx0 + x0:wx0 + x1] = be.to_host(delta[inner])
 
-    _run_blocks(wgroups, delta_task, workers, progress, "patchwork blur", rss)
+    runner.run("patchwork blur", wgroups, delta_task)
 
     def abs_delta_values(box: Box) -> np.ndarray:
         m, c, a, _ = read(box)
@@ -618,17 +656,17 @@ def run_patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blo
     eps = max(1e-6, 0.05 * exact_percentiles(wblocks, abs_y_values, [5.0])[0])
     info.update(median_y=median_y, max_coverage=max_c, g99=g99, cap=cap, eps=eps)
 
-    def correct_task(box: Box) -> None:
-        g, valid_h, inner_h = gradient_block(box, params.seam_halo)
-        w_seam = pw.seam_weight(backend, g, g99, params.sigma_seam)[inner_h]
-        m, c, a, _ = read(box)
-        valid = pw.valid_mask(backend, m, c, a)
-        y_f = pw.filled_luminance(backend, m, valid, median_y)
+    def correct_task(box: Box, be: Backend) -> None:
+        g, valid_h, inner_h = gradient_block(box, params.seam_halo, be)
+        w_seam = pw.seam_weight(be, g, g99, params.sigma_seam)[inner_h]
+        m, c, a, _ = read(box, 0, be)
+        valid = pw.valid_mask(be, m, c, a)
+        y_f = pw.filled_luminance(be, m, valid, median_y)
         y0, y1, x0, x1 = box
-        delta = backend.asarray(delta_store[wy0 + y0:wy0 + y1, wx0 + x0:wx0 + x1])
-        out = pw.apply_correction(backend, m, y_f, valid, w_seam, delta, cap, eps, params)
-        mosaic[wy0 + y0:wy0 + y1, wx0 + x0:wx0 + x1, :] = backend.to_host(out)
+        delta = be.asarray(delta_store[wy0 + y0:wy0 + y1, wx0 + x0:wx0 + x1])
+        out = pw.apply_correction(be, m, y_f, valid, w_seam, delta, cap, eps, params)
+        mosaic[wy0 + y0:wy0 + y1, wx0 + x0:wx0 + x1, :] = be.to_host(out)
 
-    _run_blocks(wgroups, correct_task, workers, progress, "patchwork", rss)
+    runner.run("patchwork", wgroups, correct_task)
     info["ran"] = True
     return info

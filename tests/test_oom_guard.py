@@ -1,0 +1,110 @@
+"""The OOM guard on the device code path, with numpy standing in for the device module.
+
+Injected out-of-memory errors at chosen blocks make the guard replay those blocks on
+the CPU with the same plan: the mosaic equals the fault-free run.  After three OOMs,
+or at once on any other device error, the device is disabled for the rest of the run.
+"""
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from zemosaic_ooc.backend import DeviceError, DeviceOutOfMemory, numpy_as_device_backend
+from zemosaic_ooc.options import Phase5Options
+from zemosaic_ooc.phase5.pipeline import run_pipeline
+
+from conftest import require_fixtures
+from golden import read_store_window
+
+
+@pytest.fixture(scope="module")
+def tiles():
+    dirs = require_fixtures()
+    chosen = [d for d in dirs if d.name == "zemosaic_ref_2x2_rich"] or dirs
+    return sorted(chosen[0].glob("master_tile_*.fits"))
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiles, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cpu") / "cpu.zarr"
+    run_pipeline(tiles, out, Phase5Options(block_size=128))
+    return read_store_window(out)
+
+
+def _journal(out):
+    with sqlite3.connect(str(out / "journal.sqlite")) as conn:
+        return conn.execute("SELECT stage, block, backend, replay FROM blocks").fetchall()
+
+
+def _assert_equal_to_reference(out, reference):
+    ours, coverage, alpha, _ = read_store_window(out)
+    ref, ref_coverage, ref_alpha, _ = reference
+    assert np.array_equal(np.isfinite(ours), np.isfinite(ref))
+    assert np.array_equal(alpha, ref_alpha)
+    both = np.isfinite(ref).all(-1)
+    for c in range(3):
+        p1, p99 = np.percentile(ref[..., c][both], [1, 99])
+        assert np.max(np.abs(ours[..., c][both] - ref[..., c][both])) < 1e-6 * (p99 - p1)
+    assert np.array_equal(coverage, ref_coverage)
+
+
+def test_device_path_without_faults_equals_the_cpu_run(tiles, reference_run, tmp_path):
+    out = tmp_path / "device.zarr"
+    summary = run_pipeline(tiles, out, Phase5Options(block_size=128), device=numpy_as_device_backend())
+    _assert_equal_to_reference(out, reference_run)
+    rows = _journal(out)
+    assert {r[2] for r in rows if r[0] == "pass1"} == {"cpu-as-device"}
+    assert summary.device["replays"] == 0 and summary.device["disabled_reason"] is None
+
+
+def test_injected_ooms_replay_blocks_on_cpu_with_identical_result(tiles, reference_run, tmp_path):
+    targets = {("pass1", (0, 128, 128, 256)), ("pass2", (256, 384, 0, 128))}
+    hits = []
+
+    def inject(stage, box, device):
+        if (stage, tuple(box)) in targets:
+            hits.append((stage, tuple(box)))
+            raise DeviceOutOfMemory("out of memory allocating 512 MiB (injected)")
+
+    out = tmp_path / "oom.zarr"
+    summary = run_pipeline(tiles, out, Phase5Options(block_size=128), device=numpy_as_device_backend(),
+                           fault_injector=inject)
+    assert sorted(hits) == sorted(targets)
+    _assert_equal_to_reference(out, reference_run)
+    replays = {(r[0], r[1]) for r in _journal(out) if r[3]}
+    assert replays == {("pass1", "0:128,128:256"), ("pass2", "256:384,0:128")}
+    assert summary.device["oom_strikes"] == 2 and summary.device["disabled_reason"] is None
+
+
+def test_gpu_is_disabled_after_three_ooms(tiles, reference_run, tmp_path):
+    def inject(stage, box, device):
+        raise DeviceOutOfMemory("out of memory (injected)")
+
+    out = tmp_path / "three.zarr"
+    summary = run_pipeline(tiles, out, Phase5Options(block_size=128), device=numpy_as_device_backend(),
+                           fault_injector=inject, workers=1)
+    assert summary.device["oom_strikes"] == 3
+    assert "3 out-of-memory" in summary.device["disabled_reason"]
+    rows = _journal(out)
+    assert sum(r[3] for r in rows) == 3
+    assert all(r[2] == "cpu" for r in rows)
+    _assert_equal_to_reference(out, reference_run)
+
+
+def test_a_non_oom_device_error_disables_the_gpu_at_once(tiles, reference_run, tmp_path):
+    calls = []
+
+    def inject(stage, box, device):
+        calls.append(stage)
+        if len(calls) == 2:
+            raise DeviceError("cudaErrorIllegalAddress (injected)")
+
+    out = tmp_path / "error.zarr"
+    summary = run_pipeline(tiles, out, Phase5Options(block_size=128), device=numpy_as_device_backend(),
+                           fault_injector=inject, workers=1)
+    assert len(calls) == 2                       # nothing tried on the device after the error
+    assert "device error" in summary.device["disabled_reason"]
+    assert summary.device["oom_strikes"] == 0 and summary.device["replays"] == 1
+    _assert_equal_to_reference(out, reference_run)

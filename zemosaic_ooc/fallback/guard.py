@@ -1,0 +1,96 @@
+"""OOM guard: run a block task on the device backend; on out-of-memory replay it on the CPU.
+
+A block task computes its block completely and overwrites its chunks, so a
+replay can never leave half a device block in the mosaic.  Every block is
+computed on one backend (all channels together).  Policy:
+
+* device out-of-memory (cupy ``OutOfMemoryError``, ``CUDARuntimeError`` status 2,
+  or a message saying "out of memory") → free the pools, warn once, replay the
+  block on the CPU with the same plan; after ``max_oom`` such strikes the device
+  is disabled for the rest of the run;
+* any other device error → disable the device at once and replay on the CPU;
+* errors of the CPU path are never caught (they are bugs or bad input).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..backend import Backend, is_device_error, is_out_of_memory
+
+log = logging.getLogger(__name__)
+
+FaultInjector = Callable[[str, Any, Backend], None]
+
+
+@dataclass
+class BlockOutcome:
+    """Which backend produced a block and whether it was a replay."""
+
+    backend: str
+    replay: bool
+    error: str | None = None
+
+
+@dataclass
+class OomGuard:
+    device: Backend | None
+    host: Backend
+    max_oom: int = 3
+    inject: FaultInjector | None = None
+    strikes: int = 0
+    disabled_reason: str | None = None
+    replays: int = 0
+    _warned: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def device_active(self) -> bool:
+        return self.device is not None and self.disabled_reason is None
+
+    def run(self, stage: str, box: Any, task: Callable[[Any, Backend], Any]) -> tuple[Any, BlockOutcome]:
+        """Run ``task(box, backend)`` on the device if active, else (or on failure) on the host."""
+        if not self.device_active:
+            return task(box, self.host), BlockOutcome(self.host.name, False)
+        device = self.device
+        try:
+            if self.inject is not None:
+                self.inject(stage, box, device)
+            result = task(box, device)
+            return result, BlockOutcome(device.name, False)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if is_out_of_memory(exc):
+                self._oom(stage, box, exc)
+            elif is_device_error(exc):
+                self._disable(f"device error in {stage} block {box}: {exc}")
+            else:
+                raise
+            device.free_memory()
+            result = task(box, self.host)
+            with self._lock:
+                self.replays += 1
+            return result, BlockOutcome(self.host.name, True, f"{type(exc).__name__}: {exc}")
+
+    def _oom(self, stage: str, box: Any, exc: BaseException) -> None:
+        with self._lock:
+            self.strikes += 1
+            strikes = self.strikes
+            if not self._warned:
+                self._warned = True
+                log.warning("GPU out of memory in %s block %s: replaying it on the CPU with the same "
+                            "normalization (%s)", stage, box, exc)
+        if strikes >= self.max_oom:
+            self._disable(f"{strikes} out-of-memory errors (limit {self.max_oom})")
+
+    def _disable(self, reason: str) -> None:
+        with self._lock:
+            if self.disabled_reason is None:
+                self.disabled_reason = reason
+                log.warning("GPU disabled for the rest of the run: %s; finishing on the CPU", reason)
+
+    def summary(self) -> dict[str, Any]:
+        return {"device": None if self.device is None else self.device.name,
+                "oom_strikes": self.strikes, "replays": self.replays,
+                "disabled_reason": self.disabled_reason}
