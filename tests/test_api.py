@@ -22,7 +22,7 @@ from zemosaic_ooc import run_phase5 as run_phase5_reexport
 from zemosaic_ooc.api import (CallbackProgress, Phase5Result, TileRecordInput, ZarrWindow,
                               run_phase5, wcs_cards)
 from zemosaic_ooc.cli import main as cli_main
-from zemosaic_ooc.errors import InputError, OptionError
+from zemosaic_ooc.errors import InputError, OptionError, StoreError
 from zemosaic_ooc.options import Phase5Options
 from zemosaic_ooc.phase5.pipeline import run_pipeline
 from zemosaic_ooc.store.tiles import header_wcs
@@ -344,7 +344,7 @@ def test_store_path_is_kept_and_records_folder_removed(records, cli_fast, tmp_pa
     assert_exact(result, cli_fast)
     assert_exact(result, store_window(store))
     assert sorted(p.name for p in store.parent.iterdir()) == ["mosaic.zarr"]
-    with pytest.raises(Exception, match="already exists"):
+    with pytest.raises(StoreError, match="already exists"):
         run_phase5(records, options=FAST, store=store)
     again = run_phase5(records, options={**FAST, "overwrite": True}, store=store)
     assert_exact(again, cli_fast)
@@ -374,3 +374,13 @@ def test_bad_tiles_are_skipped_by_default_and_raise_on_request(records, tile_pat
         run_phase5([bad], options=FAST)
     with pytest.raises(InputError, match=r"tiles\[0\]"):
         run_phase5([("not", "a", "tile", "record", "at all")], options=FAST)
+
+
+def test_integration_doc_lists_every_option():
+    from zemosaic_ooc.options import describe_options
+    text = (Path(__file__).resolve().parents[1] / "docs" / "zemosaic_integration.md").read_text()
+    missing = [r["key"] for r in describe_options() if f"`{r['key']}`" not in text]
+    assert not missing, f"docs/zemosaic_integration.md lacks {missing} (regenerate its option tables)"
+    for needle in ("assemble_final_mosaic_reproject_coadd", "_apply_phase5_post_stack_pipeline",
+                   "run_phase5(", "progress_callback", "on_bad_tile"):
+        assert needle in text

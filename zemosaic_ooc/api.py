@@ -362,7 +362,7 @@ def write_record_fits(path: str | Path, record: TileRecordInput, index: int) -> 
             nframes = float(record.nframes)
         except (TypeError, ValueError):
             raise InputError(where, f"nframes must be a number, got {record.nframes!r}") from None
-        header["MT_NFRAMES"] = (int(nframes) if nframes.is_integer() else nframes,
+        header["HIERARCH MT_NFRAMES"] = (int(nframes) if nframes.is_integer() else nframes,
                                 "Frames stacked into this master tile")
     header["ZMT_TYPE"] = ("Master Tile", "ZeMosaic Processed Tile")
     header["ZMT_ID"] = (int(index if record.tile_id is None else record.tile_id), "Master Tile ID")
@@ -496,7 +496,9 @@ class Phase5Result:
         """Write the result as ZeMosaic's mosaic FITS (primary (3, H, W) + COVERAGE + ALPHA)."""
         if self.store_path is not None:
             from .store.export import export_fits
-            return export_fits(self.store_path, path, overwrite=overwrite)
+            with warnings.catch_warnings():   # the store also holds journal.sqlite
+                warnings.filterwarnings("ignore", message=".*not recognized as a component.*")
+                return export_fits(self.store_path, path, overwrite=overwrite)
         path = Path(path)
         hdr = self.wcs.to_header(relax=True)
         hdus = [fits.PrimaryHDU(np.moveaxis(np.asarray(self.mosaic), -1, 0), header=hdr),
@@ -712,7 +714,7 @@ def run_phase5(tiles: Sequence[Any], output_wcs: Any = None, output_shape_hw: An
                                    workers=workers)
         except InputError as exc:
             if exc.path in names:
-                raise InputError(names[exc.path], exc.problem) from exc
+                raise InputError(names[exc.path], _rename(exc.problem, names)) from exc
             raise InputError(exc.path, _rename(exc.problem, names)) from exc
         summary.warnings = [f"skipped bad tile {text}" for text in skipped] + \
             [_rename(w, names) for w in summary.warnings]

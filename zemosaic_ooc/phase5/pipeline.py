@@ -360,10 +360,14 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     if opts.two_pass_coverage_renorm and fired:
         two_pass_note = ("two-pass renormalisation kept pass 1: the autocrop changed the grid "
                          "(ZeMosaic's shape check, spec §6.8)")
-    prefix = "stages/pass1_final_" if two_pass_runs else ""
-    mosaic_arr = store.require(prefix + "mosaic", (height, width, 3), "float32", (block, block, 3),
+    # every stage writes its own arrays (a re-run block overwrites the same bytes); the last
+    # stage that changes the mosaic / the coverage writes the final ``mosaic`` / ``coverage``
+    patchwork_runs = bool(opts.patchwork_suppressor_enabled)
+    pass1_mosaic_name = "stages/pass1_final_mosaic" if (two_pass_runs or patchwork_runs) else "mosaic"
+    pass1_coverage_name = "stages/pass1_final_coverage" if two_pass_runs else "coverage"
+    mosaic_arr = store.require(pass1_mosaic_name, (height, width, 3), "float32", (block, block, 3),
                                fill_value=float("nan"))
-    coverage_arr = store.require(prefix + "coverage", (height, width), "float32", (block, block))
+    coverage_arr = store.require(pass1_coverage_name, (height, width), "float32", (block, block))
     alpha_arr = store.require("alpha", (height, width), "uint8", (block, block))
     xp = np
 
@@ -397,13 +401,15 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         two_pass_info["note"] = two_pass_note
     if two_pass_runs:
         t0 = time.perf_counter()
-        two_pass_info = run_two_pass(backend, store, tile_store, tiles, out_grid, opts, blocks, runner)
+        two_pass_info = run_two_pass(backend, store, tile_store, tiles, out_grid, opts, blocks, runner,
+                                     output_name="stages/twopass_mosaic" if patchwork_runs else "mosaic")
         stages.append(("two-pass", time.perf_counter() - t0))
         valid_counts = [two_pass_info.pop("valid_pixels")]
     patchwork_info: dict[str, Any] = {"enabled": bool(opts.patchwork_suppressor_enabled), "ran": False}
     if opts.patchwork_suppressor_enabled:
         t0 = time.perf_counter()
-        patchwork_info = run_patchwork(backend, store, opts, blocks, window, runner)
+        source_name = "stages/twopass_mosaic" if two_pass_info.get("ran") else pass1_mosaic_name
+        patchwork_info = run_patchwork(backend, store, opts, blocks, window, runner, source_name)
         stages.append(("patchwork", time.perf_counter() - t0))
     store.attrs_update(window=list(window), autocrop_fired=bool(fired), patchwork=patchwork_info,
                        steps_run=["intertile" if calibration.applied else "intertile (not applied)",
@@ -450,7 +456,7 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
 
 def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, tiles: list[TilePlan],
                  out_grid: OutputGrid, opts: Phase5Options, blocks: list[Box],
-                 runner: BlockRunner) -> dict[str, Any]:
+                 runner: BlockRunner, output_name: str = "mosaic") -> dict[str, Any]:
     """§6: coverage blur (halo), tile gains (exact medians), pass 2, P5, merge."""
     from .renorm import blur_radius, blurred_coverage_block, merge_block, tile_gain
     from .stats import exact_percentiles
@@ -530,7 +536,7 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
     else:
         eps = max(p5 * 0.1, 1e-6)
     info["merge_eps"] = eps
-    mosaic_arr = store.require("mosaic", (height, width, 3), "float32", (block, block, 3),
+    mosaic_arr = store.require(output_name, (height, width, 3), "float32", (block, block, 3),
                                fill_value=float("nan"))
     coverage_arr = store.require("coverage", (height, width), "float32", (block, block))
     pass2_mask = store.require("pass2_mask", (height, width), "uint8", (block, block))
@@ -557,7 +563,23 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
 
 
 def run_patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks: list[Box],
-                  window: Box, runner: BlockRunner) -> dict[str, Any]:
+                  window: Box, runner: BlockRunner, source_name: str) -> dict[str, Any]:
+    """§7, writing ``mosaic``; where the suppressor is a no-op the input is copied unchanged."""
+    info = _patchwork(backend, store, opts, blocks, window, runner, source_name)
+    if not info.get("ran"):
+        source = store.array(source_name)
+        output = store.array("mosaic")
+
+        def copy_task(box: Box) -> None:
+            y0, y1, x0, x1 = box
+            output[y0:y1, x0:x1, :] = source[y0:y1, x0:x1, :]
+
+        runner.run("patchwork (no-op copy)", blocks, copy_task, guarded=False)
+    return info
+
+
+def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks: list[Box],
+               window: Box, runner: BlockRunner, source_name: str) -> dict[str, Any]:
     """§7 on the finished mosaic (within the autocrop window), block by block with halos."""
     from . import patchwork as pw
     from .stats import exact_percentiles
@@ -569,7 +591,10 @@ def run_patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blo
     wy0, wy1, wx0, wx1 = window
     height, width = wy1 - wy0, wx1 - wx0
     block = int(store.attrs["block"])
-    mosaic = store.array("mosaic")
+    mosaic = store.array(source_name)
+    grid_h, grid_w = (int(v) for v in store.attrs["shape_hw"])
+    output = store.require("mosaic", (grid_h, grid_w, 3), "float32", (block, block, 3),
+                           fill_value=float("nan"))
     coverage = store.array("coverage")
     alpha = store.array("alpha")
     # blocks in window coordinates (the suppressor sees the cropped mosaic, as ZeMosaic's does)
@@ -625,7 +650,6 @@ def run_patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blo
         info["note"] = "seam gradient P99 is zero (no-op)"
         return info
     # on the full grid, so block writes stay inside one chunk (concurrent writes to one chunk race)
-    grid_h, grid_w = (int(v) for v in store.attrs["shape_hw"])
     delta_store = store.require("stages/patchwork_delta", (grid_h, grid_w), "float32", (block, block))
 
     def delta_task(box: Box, be: Backend) -> None:
@@ -665,7 +689,7 @@ def run_patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blo
         y0, y1, x0, x1 = box
         delta = be.asarray(delta_store[wy0 + y0:wy0 + y1, wx0 + x0:wx0 + x1])
         out = pw.apply_correction(be, m, y_f, valid, w_seam, delta, cap, eps, params)
-        mosaic[wy0 + y0:wy0 + y1, wx0 + x0:wx0 + x1, :] = be.to_host(out)
+        output[wy0 + y0:wy0 + y1, wx0 + x0:wx0 + x1, :] = be.to_host(out)
 
     runner.run("patchwork", wgroups, correct_task)
     info["ran"] = True
