@@ -185,10 +185,12 @@ def case_singular_cd(tmp_path):
 
 
 def case_nan_crval(tmp_path):
+    """``CRVAL1 = NAN`` (astropy will not write it: patch the card; WCS() would quietly read 0)."""
     bad = write_tile(tmp_path / "nan_crval.fits", 2)
-    with fits.open(bad, mode="update") as hdul:
-        hdul[0].header["CRVAL1"] = float("nan")
-    return good_tiles(tmp_path) + [bad], bad, ("wcs",)
+    raw = bad.read_bytes()
+    i = raw.index(b"CRVAL1  =")
+    bad.write_bytes(raw[:i] + b"CRVAL1  =                  NAN".ljust(80) + raw[i + 80:])
+    return good_tiles(tmp_path) + [bad], bad, ("crval1",)
 
 
 def case_corrupt_header(tmp_path):
@@ -213,13 +215,13 @@ def case_truncated(tmp_path):
     full.unlink()
     bad = tmp_path / "truncated.fits"
     bad.write_bytes(raw[: len(raw) // 2])
-    return good_tiles(tmp_path) + [bad], bad, ("truncat",)
+    return good_tiles(tmp_path) + [bad], bad, ("truncated",)
 
 
 def case_not_fits(tmp_path):
     bad = tmp_path / "notes.fits"
     bad.write_text("this is not a FITS file\n" * 200)
-    return good_tiles(tmp_path) + [bad], bad, ("fits",)
+    return good_tiles(tmp_path) + [bad], bad, ("not a fits file",)
 
 
 def case_directory(tmp_path):
@@ -235,7 +237,7 @@ def case_4d(tmp_path):
 
 def case_two_channels(tmp_path):
     bad = write_tile(tmp_path / "two_channels.fits", 2, tile_data(2)[:2])
-    return good_tiles(tmp_path) + [bad], bad, ("2 channels",)
+    return good_tiles(tmp_path) + [bad], bad, ("neither 3 (rgb) nor 1 (mono) channels",)
 
 
 def case_mixed_channels(tmp_path):
@@ -299,8 +301,11 @@ def test_bad_tile_exit_2(case, tmp_path, capsys):
     rc, out, err = run_cli(capsys, tiles, out_dir(tmp_path) / "out.zarr",
                            "--fits", str(tmp_path / "out" / "out.fits"))
     assert rc == 2, err
-    line = assert_one_error(err, (bad.name,), keywords)
-    assert "good_" not in line.replace("copy_of_good_0", ""), line  # names the bad file only
+    if case == "duplicate":   # names the copy and the tile it copies
+        assert_one_error(err, (bad.name, "good_0.fits"), keywords)
+    else:                     # names the bad file, not a good one around it
+        line = assert_one_error(err, (bad.name,), keywords)
+        assert "good_" not in line, line
     assert out.strip() == "", out
     assert_nothing_written(tmp_path)
 
@@ -342,7 +347,7 @@ def case_bad_first_frame_key(tmp_path):
     """An invalid key before a valid one: ZeMosaic takes the next key (here NRAWPROC = 10)."""
     tiles = good_tiles(tmp_path, 1)
     hdr = fits.Header()
-    hdr["MT_NFRAMES"] = -1
+    hdr["HIERARCH MT_NFRAMES"] = -1    # ZeMosaic's key is longer than 8 characters
     two = write_tile(tmp_path / "bad_first_key.fits", 1, alpha=uint8_alpha(), header=hdr)
     return tiles + [two], two, ("MT_NFRAMES", "NRAWPROC")
 
@@ -370,7 +375,7 @@ def test_frame_count_fallback_values(tmp_path):
     """What the warnings promise: the next valid key, else 1 frame (spec §0.3)."""
     from zemosaic_ooc.store.tiles import frame_count
     hdr = fits.Header()
-    hdr["MT_NFRAMES"] = -1
+    hdr["HIERARCH MT_NFRAMES"] = -1
     hdr["NRAWPROC"] = 10
     assert frame_count(hdr) == 10.0
     hdr["NRAWPROC"] = "many"
@@ -386,15 +391,27 @@ def test_empty_input_list(tmp_path, capsys):
     assert_nothing_written(tmp_path)
 
 
-def test_output_parent_is_a_file(tmp_path, capsys):
+@pytest.mark.parametrize("below", ["out.zarr", "sub/out.zarr"])
+def test_output_parent_is_a_file(below, tmp_path, capsys):
+    """Not writable, as root too: a regular file where the output's folder should be."""
     blocker = tmp_path / "blocker.txt"
     blocker.write_text("a regular file where the output folder should be\n")
-    output = blocker / "sub" / "out.zarr"
-    rc, out, err = run_cli(capsys, good_tiles(tmp_path), output, *FAST)
+    rc, out, err = run_cli(capsys, good_tiles(tmp_path), blocker / below, *FAST)
     assert rc == 2, err
     assert_one_error(err, (blocker.name,), ("not a folder", "not a directory"))
     assert blocker.read_text().startswith("a regular file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker.txt", "good_0.fits", "good_1.fits"]
+
+
+def test_output_is_an_existing_file(tmp_path, capsys):
+    """``-o`` naming an existing regular file: refused, the file left as it was."""
+    output = out_dir(tmp_path) / "out.zarr"
+    output.write_text("not a store\n")
+    rc, out, err = run_cli(capsys, good_tiles(tmp_path), output, *FAST)
+    assert rc == 2, err
+    assert_one_error(err, (output.name,), ("not a folder", "not a directory", "exists"))
+    assert output.read_text() == "not a store\n"
+    assert sorted(p.name for p in output.parent.iterdir()) == ["out.zarr"]
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
@@ -434,3 +451,51 @@ def test_bad_grid_header_file(tmp_path, capsys):
     assert rc == 2, err
     assert_one_error(err, (bad.name,), ("grid",))
     assert_nothing_written(tmp_path)
+
+
+# --------------------------------------------------------------------------- the overlap rule itself
+
+def _footprints(wcss, shape_hw=TILE_HW):
+    from zemosaic_ooc.store.tiles import sky_footprint
+    return [sky_footprint(w, shape_hw) for w in wcss]
+
+
+def _wcs_at(ra: float, dec: float, rot_deg: float = 0.0, shape_hw=TILE_HW) -> WCS:
+    h, w = shape_hw
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [ra, dec]
+    wcs.wcs.crpix = [(w + 1) / 2.0, (h + 1) / 2.0]
+    c, s = np.cos(np.radians(rot_deg)), np.sin(np.radians(rot_deg))
+    wcs.wcs.cd = np.array([[-c, s], [s, c]]) * SCALE_DEG
+    return wcs
+
+
+def test_isolated_tiles_rule():
+    from zemosaic_ooc.store.tiles import isolated_tiles
+    cosd = np.cos(np.radians(20.0))
+    px = SCALE_DEG
+    step_ra, step_dec = 36 * px / cosd, 32 * px
+    grid = [_wcs_at(10 + i * step_ra, 20 + j * step_dec) for j in range(2) for i in range(2)]
+    assert isolated_tiles(_footprints(grid)) == []
+    # rotated diagonal neighbours: sharing a 2 x 2 px corner overlaps, a 3 px gap does not
+    first = _wcs_at(10, 20, 30)
+    cx, cy = (TILE_HW[1] - 1) / 2.0, (TILE_HW[0] - 1) / 2.0
+    for (dx, dy), expected in (((70, 62), []), ((75, 67), [1])):
+        ra, dec = first.all_pix2world([[cx + dx, cy + dy]], 0)[0]
+        pair = [first, _wcs_at(ra, dec, 30)]
+        assert [k for k, _ in isolated_tiles(_footprints(pair))] == expected, (dx, dy)
+    # a 10 px gap: both are isolated, the first is kept and the second named
+    gap = [_wcs_at(10, 20), _wcs_at(10 + 82 * px / cosd, 20)]
+    flagged = isolated_tiles(_footprints(gap))
+    assert [k for k, _ in flagged] == [1] and "overlaps no other" in flagged[0][1]
+    # across RA = 0 and near the pole
+    wrap = [_wcs_at(359.995, 0.0), _wcs_at(0.004, 0.0)]
+    assert isolated_tiles(_footprints(wrap)) == []
+    pole = [_wcs_at(0.0, 89.99), _wcs_at(180.0, 89.995)]
+    assert isolated_tiles(_footprints(pole)) == []
+    # one far tile among three is named, the others are not
+    three = grid[:2] + [_wcs_at(40.0, -10.0)]
+    assert [k for k, _ in isolated_tiles(_footprints(three))] == [2]
+    # a single tile is never isolated
+    assert isolated_tiles(_footprints(grid[:1])) == []

@@ -1,4 +1,4 @@
-"""The ``zemosaic-ooc`` command line: ``run``, ``demo``, and (later) ``resume`` / ``report``.
+"""The ``zemosaic-ooc`` command line: ``run``, ``resume``, ``demo`` and ``report``.
 
 Exit codes: 0 success; 2 bad input, bad option or usage error (one line
 ``zemosaic-ooc: error: <message>`` on stderr); 1 an unexpected internal error
@@ -237,6 +237,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .phase5.pipeline import resume_pipeline  # lazy
+
+    progress = TqdmProgress(enabled=not getattr(args, "no_progress", False) and _verbosity(args) >= 0,
+                            force=getattr(args, "progress", False))
+    try:
+        summary = resume_pipeline(Path(args.store), progress=progress,
+                                  fits_path=Path(args.fits) if args.fits else None,
+                                  preview_path=Path(args.preview) if args.preview else None)
+    finally:
+        progress.close()
+    _print_summary(summary, args)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     # the demo owns DIR/demo.*: a second run replaces them
     options = build_options(args, extra=None if args.no_run else {"overwrite": True})
@@ -265,12 +280,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_not_implemented(args: argparse.Namespace) -> int:
-    raise ZeMosaicOocError(f"'{args.command}' is not implemented yet "
-                           f"(it comes with issue {args.issue}); see {PROG} --help")
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report.build import build_report  # lazy: matplotlib only for this command
 
+    if not args.seam_threshold > 0:
+        raise OptionError(f"--seam-threshold must be > 0, got {args.seam_threshold}")
+    result = build_report(Path(args.store), Path(args.output) if args.output else None,
+                          max_side=max(16, args.max_side), rel_threshold=args.seam_threshold / 100.0)
+    if _verbosity(args) >= 0:
+        print(result.format(), flush=True)
+    return 0
 
-# --------------------------------------------------------------------------- parser
 
 def _common_flags() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
@@ -315,9 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Out-of-core ZeMosaic Phase 5 (Reproject & Coadd): master tiles -> one RGB "
                     "mosaic, block by block on Zarr stores, on the CPU or a GPU with the same "
                     "photometry.",
-        epilog="commands 'resume' and 'report' are not implemented yet (they come with later "
-               "issues) and exit with code 2.\n\n"
-               "examples:\n"
+        epilog="examples:\n"
                f"  {PROG} demo demo_out\n"
                f"  {PROG} run tiles/*.fits -o mosaic.zarr --fits mosaic.fits --preview mosaic.png "
                "--memory-budget 4GiB\n\n"
@@ -371,14 +389,39 @@ def build_parser() -> argparse.ArgumentParser:
                       help="only write the tiles and print the command that runs them")
     demo.set_defaults(func=cmd_demo)
 
-    for name, issue, text in (("resume", 5, "resume an interrupted run"),
-                              ("report", 9, "HTML report with pictures of a finished store")):
-        p = sub.add_parser(name, help=f"{text} (not implemented yet: issue {issue})",
-                           description=f"{text}. Not implemented yet (issue {issue}); exits 2.")
-        p.add_argument("store", metavar="OUT.zarr")
-        p.add_argument("-v", "--verbose", action="count", default=0, help=argparse.SUPPRESS)
-        p.add_argument("-q", "--quiet", action="count", default=0, help=argparse.SUPPRESS)
-        p.set_defaults(func=cmd_not_implemented, issue=issue)
+    resume = sub.add_parser(
+        "resume", help="continue an interrupted run (done blocks are skipped)",
+        description="Continue a run that stopped (crash, kill, power loss) with the options and "
+                    "tiles recorded in its store: finished stages and blocks are skipped, a "
+                    "damaged chunk (checksum) is recomputed, orphan *.partial files are removed.")
+    resume.add_argument("store", metavar="OUT.zarr")
+    resume.add_argument("--fits", metavar="F.fits", help="also export a FITS file at the end")
+    resume.add_argument("--preview", metavar="P.png", help="also write a PNG preview at the end")
+    resume.add_argument("--progress", action="store_true", help="show progress bars off a terminal")
+    resume.add_argument("--no-progress", action="store_true", help="never show progress bars")
+    resume.add_argument("-v", "--verbose", action="count", default=0, help=argparse.SUPPRESS)
+    resume.add_argument("-q", "--quiet", action="count", default=0, help=argparse.SUPPRESS)
+    resume.set_defaults(func=cmd_resume)
+
+    report = sub.add_parser(
+        "report", help="HTML report with pictures of a finished store",
+        description="Write one self-contained HTML page about a finished mosaic store (PNG "
+                    "pictures embedded, and also written beside it): stretched previews with "
+                    "tile outlines, coverage and alpha maps, per-tile gains and offsets, the "
+                    "block map from the run journal, a seam check of every tile boundary and "
+                    "the run facts. Built from the store alone, in bounded memory.")
+    report.add_argument("store", metavar="OUT.zarr")
+    report.add_argument("-o", "--output", metavar="REPORT.html",
+                        help="the HTML file (default: OUT_report.html beside the store); the "
+                             "PNGs go beside it as REPORT_<name>.png")
+    report.add_argument("--max-side", type=_positive_int, default=1024, metavar="N",
+                        help="longest side of the pictures in pixels (default 1024)")
+    report.add_argument("--seam-threshold", type=float, default=2.5, metavar="PCT",
+                        help="flag a tile boundary whose step exceeds PCT %% of the channel's "
+                             "P99 - P1 range (default 2.5)")
+    report.add_argument("-v", "--verbose", action="count", default=0, help=argparse.SUPPRESS)
+    report.add_argument("-q", "--quiet", action="count", default=0, help=argparse.SUPPRESS)
+    report.set_defaults(func=cmd_report)
     return parser
 
 

@@ -139,6 +139,29 @@ def choose_block_size(opts: Phase5Options, workers: int) -> int:
     return side
 
 
+def _coverage_extent(coverage: np.ndarray, box: Box, threshold: float):
+    """Rows and columns (half-open, grid coordinates) where a block's coverage exceeds the threshold."""
+    y0, _, x0, _ = box
+    covered = coverage > threshold
+    rows = np.nonzero(covered.any(axis=1))[0]
+    cols = np.nonzero(covered.any(axis=0))[0]
+    if not rows.size:
+        return None, None
+    return (int(rows[0]) + y0, int(rows[-1]) + y0 + 1), (int(cols[0]) + x0, int(cols[-1]) + x0 + 1)
+
+
+def _block_key(box: Box) -> str:
+    return "{}:{},{}:{}".format(*box)
+
+
+def _kill_point(stage: str, count: int) -> None:
+    """Test hook: ``ZEMOSAIC_OOC_TEST_KILL_AT=stage:n`` SIGKILLs the process after n blocks/units."""
+    target = os.environ.get("ZEMOSAIC_OOC_TEST_KILL_AT")
+    if target and target == f"{stage}:{count}":
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @dataclass
 class BlockRunner:
     """Runs a stage's block tasks on a thread pool, through the OOM guard, and journals them."""
@@ -149,9 +172,18 @@ class BlockRunner:
     journal: Journal | None
     guard: OomGuard
 
+    resume: bool = False
+    verify: dict[str, Callable[[Box], Any]] = field(default_factory=dict)
+
     def run(self, stage: str, boxes: Sequence[Box], task: Callable[..., Any], *,
-            guarded: bool = True) -> list[Any]:
-        """``task(box, backend)`` when ``guarded`` (device first, CPU replay on OOM), else ``task(box)``."""
+            guarded: bool = True, recover: Callable[[Box], Any] | None = None) -> list[Any]:
+        """``task(box, backend)`` when ``guarded`` (device first, CPU replay on OOM), else ``task(box)``.
+
+        On resume, blocks the journal marks done are skipped (their result comes from
+        ``recover(box)``, which reads what the block wrote; a chunk whose checksum fails
+        makes the block run again).
+        """
+        done = self.journal.done_blocks(stage) if (self.resume and self.journal is not None) else set()
 
         def call(box: Box) -> Any:
             started = time.perf_counter()
@@ -161,35 +193,83 @@ class BlockRunner:
             else:
                 result, backend_name, replay = task(box), self.guard.host.name, False
             if self.journal is not None:
-                self.journal.block_done(stage, "{}:{},{}:{}".format(*box), backend_name,
+                self.journal.block_done(stage, _block_key(box), backend_name,
                                         time.perf_counter() - started, replay)
             return result
 
         self.progress.start(stage, len(boxes))
         results: list[Any] = [None] * len(boxes)
+        todo = []
+        for k, box in enumerate(boxes):
+            if _block_key(box) in done:
+                try:
+                    results[k] = recover(box) if recover is not None else None
+                    self.progress.advance(stage)
+                    continue
+                except Exception as exc:  # a damaged chunk (checksum) or a missing array
+                    log.warning("%s block %s: stored result unreadable (%s); recomputing it",
+                                stage, _block_key(box), exc)
+            todo.append(k)
+        completed = 0
         if self.workers <= 1:
-            for k, box in enumerate(boxes):
-                results[k] = call(box)
+            for k in todo:
+                results[k] = call(boxes[k])
                 self.rss.sample()
                 self.progress.advance(stage)
+                completed += 1
+                _kill_point(stage, completed)
         else:
             with cf.ThreadPoolExecutor(max_workers=self.workers) as pool:
-                futures = {pool.submit(call, box): k for k, box in enumerate(boxes)}
+                futures = {pool.submit(call, boxes[k]): k for k in todo}
                 for future in cf.as_completed(futures):
                     results[futures[future]] = future.result()
                     self.rss.sample()
                     self.progress.advance(stage)
+                    completed += 1
+                    _kill_point(stage, completed)
         self.progress.finish(stage)
         return results
 
 
 def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
+                 options: Phase5Options | None = None, **kwargs: Any) -> RunSummary:
+    """Run Phase 5 from master-tile FITS files to a MosaicStore (and optional FITS/PNG).
+
+    Holds the store's lock (``OUT.zarr.lock``) for the whole run; see
+    :func:`_run_pipeline` for the keyword arguments.
+    """
+    from ..store.lock import RunLock
+
+    with RunLock(output):
+        return _run_pipeline(tile_paths, output, options, **kwargs)
+
+
+def resume_pipeline(output: str | Path, **kwargs: Any) -> RunSummary:
+    """Continue an interrupted run: done stages and blocks are skipped (damaged chunks recomputed)."""
+    output = Path(output)
+    if not (output / "zarr.json").exists():
+        raise StoreError(f"{output}: no output store to resume here")
+    store = MosaicStore.open(output, mode="r")
+    state = dict(store.attrs.get("run_state") or {})
+    request = state.get("run_request")
+    if not request:
+        raise StoreError(f"{output}: this store holds no run to resume")
+    opts = Phase5Options.from_mapping(request["options"])
+    if "plan" not in state.get("stages_done", []):
+        # stopped during ingest or planning: start the same run again from its recorded request
+        log.warning("%s: the run stopped before its plan was saved; starting it again", output)
+        opts.overwrite = True
+        return run_pipeline(request["tile_paths"], output, opts, **kwargs)
+    return run_pipeline(request["tile_paths"], output, opts, resume=True, **kwargs)
+
+
+def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
                  options: Phase5Options | None = None, *,
                  fits_path: str | Path | None = None, preview_path: str | Path | None = None,
                  progress: ProgressSink | None = None, backend: Backend | None = None,
                  workers: int | None = None, grid: tuple[Any, tuple[int, int]] | None = None,
                  device: Backend | None = None, max_oom: int = 3,
-                 fault_injector: Any = None) -> RunSummary:
+                 fault_injector: Any = None, resume: bool = False) -> RunSummary:
     """Run Phase 5 from master-tile FITS files to a MosaicStore (and optional FITS/PNG).
 
     ``backend`` is the host (CPU) backend.  ``device`` runs the block stages on a
@@ -216,27 +296,59 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     stages: list[tuple[str, float]] = []
     warnings_list: list[str] = []
     output = Path(output)
-    if not tile_paths:
-        raise InputError(None, "no input tiles were given")
-    if output.exists() and any(output.iterdir()) and not getattr(opts, "overwrite", False):
-        raise StoreError(f"{output}: output store already exists (use --overwrite to replace it)")
-    parent = output.parent if str(output.parent) else Path(".")
-    if parent.exists() and not os.access(parent, os.W_OK):
-        raise StoreError(f"{output}: output folder is not writable")
+    if resume:
+        store = MosaicStore.open(output, mode="r+")
+        state = dict(store.attrs.get("run_state") or {})
+        tile_store = TileStore.open(output / "tiles")
+        for orphan in list(output.rglob("*.partial")):
+            if orphan.is_dir():
+                shutil.rmtree(orphan, ignore_errors=True)
+            else:
+                orphan.unlink(missing_ok=True)
+    else:
+        state = {}
+        if not tile_paths:
+            raise InputError(None, "no input tiles were given")
+        if output.exists() and not output.is_dir():
+            raise StoreError(f"{output}: exists and is not a folder (a Zarr store is a folder); "
+                             "choose another output path")
+        if output.exists() and any(output.iterdir()) and not getattr(opts, "overwrite", False):
+            raise StoreError(f"{output}: output store already exists (use --overwrite to replace it, "
+                             f"or zemosaic-ooc resume {output} to continue an interrupted run)")
+        parent = output.parent if str(output.parent) else Path(".")
+        if parent.exists() and not os.access(parent, os.W_OK):
+            raise StoreError(f"{output}: output folder is not writable")
+
+    def stage_done(name: str) -> bool:
+        return name in state.get("stages_done", [])
+
+    def save_state(name: str | None = None, **values: Any) -> None:
+        state.update(values)
+        if name and name not in state.setdefault("stages_done", []):
+            state["stages_done"].append(name)
+        store.attrs_update(run_state=state)
+        _kill_point(f"after-{name}", 1)
 
     # ---- ingest (validates every tile before writing anything)
     t0 = time.perf_counter()
-    staging = output.with_name(output.name + ".ingest.partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    progress.start("ingest", len(tile_paths), unit="tile")
-    try:
-        tile_store = ingest_tiles(list(tile_paths), staging, skip_bad=bool(opts.skip_bad_tiles),
-                                  progress=lambda k, n, p: (progress.advance("ingest"), rss.sample()))
-    except Exception:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    progress.finish("ingest")
+    if not resume:
+        # the store records the request first, so a run killed during ingest can be resumed;
+        # bad input removes it again (never a half-made store)
+        if output.exists():
+            shutil.rmtree(output)
+        store = MosaicStore.create(output, (0, 0), 0, overwrite=True)
+        state["run_request"] = {"tile_paths": [str(p) for p in tile_paths], "options": opts.to_dict()}
+        store.attrs_update(run_state=state)
+        staging = output / "tiles.partial"
+        progress.start("ingest", len(tile_paths), unit="tile")
+        try:
+            tile_store = ingest_tiles(list(tile_paths), staging, skip_bad=bool(opts.skip_bad_tiles),
+                                      progress=lambda k, n, p: (progress.advance("ingest"), rss.sample(),
+                                                                _kill_point("ingest", k)))
+        except BaseException:
+            shutil.rmtree(output, ignore_errors=True)
+            raise
+        progress.finish("ingest")
     for record in tile_store.records:
         warnings_list += [f"{Path(record.source).name}: {w}" for w in record.warnings]
     warnings_list += list(tile_store.group.attrs.get("skipped", []))
@@ -245,72 +357,88 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
 
     # ---- plan
     t0 = time.perf_counter()
-    tiles = build_tile_plans(tile_store.records, opts)
-    if grid is not None:
-        out_wcs, shape_hw = grid
-    elif getattr(opts, "grid", None):
+    if resume:
         from astropy.io import fits
-        try:
-            out_wcs, shape_hw = grid_from_header(fits.getheader(str(opts.grid)))
-        except Exception as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise InputError(opts.grid, f"cannot use as output grid ({exc})") from exc
+        tiles = [TilePlan.from_json(d) for d in state["tiles"]]
+        from astropy.wcs import WCS
+        shape_hw = tuple(int(v) for v in state["shape_hw"])
+        out_wcs = WCS(fits.Header.fromstring(state["grid_header"]), naxis=2)
+        out_wcs.pixel_shape = (shape_hw[1], shape_hw[0])
+        block = int(state["block"])
     else:
-        out_wcs, shape_hw = compute_output_grid([geometry(t) for t in tiles])
+        tiles = build_tile_plans(tile_store.records, opts)
+        if grid is not None:
+            out_wcs, shape_hw = grid
+        elif getattr(opts, "grid", None):
+            from astropy.io import fits
+            try:
+                out_wcs, shape_hw = grid_from_header(fits.getheader(str(opts.grid)))
+            except Exception as exc:
+                shutil.rmtree(output, ignore_errors=True)
+                raise InputError(opts.grid, f"cannot use as output grid ({exc})") from exc
+        else:
+            out_wcs, shape_hw = compute_output_grid([geometry(t) for t in tiles])
+        block = choose_block_size(opts, workers)
+        store.attrs_update(shape_hw=list(shape_hw), block=int(block))
+        os.replace(staging, output / "tiles")
+        tile_store = TileStore.open(output / "tiles")
     out_grid = OutputGrid(out_wcs, shape_hw)
-    block = choose_block_size(opts, workers)
-    if output.exists():
-        shutil.rmtree(output)
-    store = MosaicStore.create(output, shape_hw, block, overwrite=True)
-    final_tiles = output / "tiles"
-    os.replace(staging, final_tiles)
-    tile_store = TileStore.open(final_tiles)
     journal = Journal(output / "journal.sqlite")
     guard = OomGuard(device, backend, max_oom=max_oom, inject=fault_injector)
-    runner = BlockRunner(workers, progress, rss, journal, guard)
+    runner = BlockRunner(workers, progress, rss, journal, guard, resume=resume)
 
     calibration_runs = bool(opts.intertile_photometric_match) and len(tiles) >= 2
-    for tile in tiles:
-        tile.box = reproject_box(geometry(tile), out_grid, shape_hw)
-        if calibration_runs:
-            tile.nan_threshold = nan_threshold(backend, tile_store, tile)
-            rss.sample()
+    if not stage_done("plan"):
+        for tile in tiles:
+            tile.box = reproject_box(geometry(tile), out_grid, shape_hw)
+            if calibration_runs:
+                tile.nan_threshold = nan_threshold(backend, tile_store, tile)
+                rss.sample()
+        store.attrs_update(output_wcs_header=out_grid.header_text, options=opts.to_dict())
+        save_state("plan", tiles=[t.to_json() for t in tiles], grid_header=out_grid.header_text,
+                   shape_hw=list(shape_hw), block=block)
     stages.append(("plan", time.perf_counter() - t0))
     rss.sample()
 
     # ---- inter-tile calibration (§3)
     t0 = time.perf_counter()
-    calibration = CalibrationResult(gains=[1.0] * len(tiles), offsets=[0.0] * len(tiles),
-                                    applied=False, status="disabled")
-    if calibration_runs:
-        source = StoreCalibrationSource(backend, tile_store, tiles, int(opts.intertile_preview_size))
-        progress.start("calibrate", 1, unit="pair")
-        calibration = calibrate(backend, [geometry(t) for t in tiles], [t.tile_id for t in tiles],
-                                [t.tau for t in tiles], out_wcs, shape_hw, opts, source,
-                                progress=lambda k, n: (progress.advance("calibrate", 0), rss.sample()))
-        progress.finish("calibrate")
-        for tile, g, o in zip(tiles, calibration.gains, calibration.offsets):
-            tile.gain, tile.offset = float(g), float(o)
+    if stage_done("calibrate"):
+        calibration_json = state["calibration"]
+    else:
+        calibration = CalibrationResult(gains=[1.0] * len(tiles), offsets=[0.0] * len(tiles),
+                                        applied=False, status="disabled")
+        if calibration_runs:
+            source = StoreCalibrationSource(backend, tile_store, tiles, int(opts.intertile_preview_size))
+            progress.start("calibrate", 1, unit="pair")
+            calibration = calibrate(backend, [geometry(t) for t in tiles], [t.tile_id for t in tiles],
+                                    [t.tau for t in tiles], out_wcs, shape_hw, opts, source,
+                                    progress=lambda k, n: (progress.advance("calibrate", 0), rss.sample()))
+            progress.finish("calibrate")
+            for tile, g, o in zip(tiles, calibration.gains, calibration.offsets):
+                tile.gain, tile.offset = float(g), float(o)
+        calibration_json = calibration.to_json()
+        save_state("calibrate", calibration=calibration_json, tiles=[t.to_json() for t in tiles])
     stages.append(("calibrate", time.perf_counter() - t0))
     rss.sample()
 
     # ---- alpha-union bboxes (§5.3) and background offsets (§4)
     t0 = time.perf_counter()
-    for tile in tiles:
-        tile.union_bbox = union_bbox(backend, tile_store, tile, out_grid,
-                                     strip_pixels=strip_pixels(int(opts.memory_budget)))
-        rss.sample()
-    progress.start("background", 1, unit="pair")
-    strip = strip_pixels(int(opts.memory_budget))
-    offsets, _ = background_offsets(backend, tile_store, tiles, out_grid, strip_pixels=strip,
-                                    progress=lambda k, n: (progress.advance("background", 0), rss.sample()))
-    progress.finish("background")
-    for tile, row in zip(tiles, offsets):
-        tile.bg_offsets = [float(v) for v in row]
+    if not stage_done("background"):
+        for tile in tiles:
+            tile.union_bbox = union_bbox(backend, tile_store, tile, out_grid,
+                                         strip_pixels=strip_pixels(int(opts.memory_budget)))
+            rss.sample()
+        progress.start("background", 1, unit="pair")
+        strip = strip_pixels(int(opts.memory_budget))
+        offsets, _ = background_offsets(
+            backend, tile_store, tiles, out_grid, strip_pixels=strip,
+            progress=lambda k, n: (progress.advance("background", 0), rss.sample()))
+        progress.finish("background")
+        for tile, row in zip(tiles, offsets):
+            tile.bg_offsets = [float(v) for v in row]
+        store.attrs_update(plan={"tiles": [t.to_json() for t in tiles], "calibration": calibration_json})
+        save_state("background", tiles=[t.to_json() for t in tiles])
     stages.append(("background", time.perf_counter() - t0))
-    store.attrs_update(plan={"tiles": [t.to_json() for t in tiles],
-                             "calibration": calibration.to_json()},
-                       output_wcs_header=out_grid.header_text, options=opts.to_dict())
     rss.sample()
 
     # ---- pass 1 (§5.1–5.3)
@@ -328,14 +456,15 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         p1[y0:y1, x0:x1, :] = result.mosaic
         p1_cov[y0:y1, x0:x1] = result.coverage
         p1_union[y0:y1, x0:x1] = result.union
-        covered = result.coverage > threshold
-        rows = np.nonzero(covered.any(axis=1))[0]
-        cols = np.nonzero(covered.any(axis=0))[0]
-        if not rows.size:
-            return None, None
-        return (int(rows[0]) + y0, int(rows[-1]) + y0 + 1), (int(cols[0]) + x0, int(cols[-1]) + x0 + 1)
+        return _coverage_extent(result.coverage, box, threshold)
 
-    extents = runner.run("pass1", blocks, pass1_task)
+    def pass1_recover(box: Box):
+        y0, y1, x0, x1 = box
+        p1[y0:y1, x0:x1, :]
+        p1_union[y0:y1, x0:x1]
+        return _coverage_extent(p1_cov[y0:y1, x0:x1], box, threshold)
+
+    extents = runner.run("pass1", blocks, pass1_task, recover=pass1_recover)
     stages.append(("pass1", time.perf_counter() - t0))
 
     # ---- autocrop (§5.4) and finish (§5.5)
@@ -392,7 +521,16 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         alpha_arr[iy0:iy1, ix0:ix1] = a8
         return int(np.count_nonzero(np.isfinite(mos).all(axis=-1)))
 
-    valid_counts = runner.run("finish", blocks, finish_task, guarded=False)
+    def finish_recover(box: Box) -> int:
+        y0, y1, x0, x1 = box
+        iy0, iy1, ix0, ix1 = max(y0, wy0), min(y1, wy1), max(x0, wx0), min(x1, wx1)
+        if iy1 <= iy0 or ix1 <= ix0:
+            return 0
+        coverage_arr[iy0:iy1, ix0:ix1]
+        alpha_arr[iy0:iy1, ix0:ix1]
+        return int(np.count_nonzero(np.isfinite(mosaic_arr[iy0:iy1, ix0:ix1, :]).all(axis=-1)))
+
+    valid_counts = runner.run("finish", blocks, finish_task, guarded=False, recover=finish_recover)
     window_pixels = max(1, (wy1 - wy0) * (wx1 - wx0))
     stages.append(("finish", time.perf_counter() - t0))
     two_pass_info: dict[str, Any] = {"enabled": bool(opts.two_pass_coverage_renorm), "ran": False}
@@ -402,7 +540,8 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     if two_pass_runs:
         t0 = time.perf_counter()
         two_pass_info = run_two_pass(backend, store, tile_store, tiles, out_grid, opts, blocks, runner,
-                                     output_name="stages/twopass_mosaic" if patchwork_runs else "mosaic")
+                                     output_name="stages/twopass_mosaic" if patchwork_runs else "mosaic",
+                                     state=state, save_state=save_state)
         stages.append(("two-pass", time.perf_counter() - t0))
         valid_counts = [two_pass_info.pop("valid_pixels")]
     patchwork_info: dict[str, Any] = {"enabled": bool(opts.patchwork_suppressor_enabled), "ran": False}
@@ -412,7 +551,7 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         patchwork_info = run_patchwork(backend, store, opts, blocks, window, runner, source_name)
         stages.append(("patchwork", time.perf_counter() - t0))
     store.attrs_update(window=list(window), autocrop_fired=bool(fired), patchwork=patchwork_info,
-                       steps_run=["intertile" if calibration.applied else "intertile (not applied)",
+                       steps_run=["intertile" if calibration_json.get("applied") else "intertile (not applied)",
                                   "background", "coadd", "alpha union", "autocrop", "masking"],
                        two_pass=two_pass_info,
                        steps_skipped=([] if patchwork_info.get("ran") else ["patchwork suppressor (§7)"])
@@ -422,7 +561,7 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         output=str(output), shape_hw=tuple(shape_hw), window=window, n_tiles=len(tiles),
         backend=backend.name if device is None else f"{device.name} (replays on {backend.name})",
         block_size=block, workers=workers, stages=stages, device=guard.summary(),
-        calibration=calibration.to_json(), background_offsets=[list(t.bg_offsets) for t in tiles],
+        calibration=calibration_json, background_offsets=[list(t.bg_offsets) for t in tiles],
         tile_weights=[t.tau for t in tiles], autocrop_fired=bool(fired),
         valid_fraction=sum(valid_counts) / window_pixels,
         steps_run=["first pass (inter-tile calibration, background matching, coadd, alpha union, "
@@ -442,6 +581,7 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         if fits_path:
             export_fits(output, fits_path, overwrite=True)
             summary.fits_path = str(fits_path)
+            _kill_point("export", 1)
         if preview_path:
             write_preview_png(output, preview_path)
             summary.preview_path = str(preview_path)
@@ -456,7 +596,8 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
 
 def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, tiles: list[TilePlan],
                  out_grid: OutputGrid, opts: Phase5Options, blocks: list[Box],
-                 runner: BlockRunner, output_name: str = "mosaic") -> dict[str, Any]:
+                 runner: BlockRunner, output_name: str = "mosaic", state: dict | None = None,
+                 save_state: Callable[..., None] | None = None) -> dict[str, Any]:
     """§6: coverage blur (halo), tile gains (exact medians), pass 2, P5, merge."""
     from .renorm import blur_radius, blurred_coverage_block, merge_block, tile_gain
     from .stats import exact_percentiles
@@ -483,29 +624,45 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         scale_map[y0:y1, x0:x1] = be.to_host(scale[sy, sx])
 
     blur_groups = halo_superblocks((height, width), block, radius, int(opts.memory_budget))
-    runner.run("coverage blur", blur_groups, blur_task)
+    def blur_recover(box: Box) -> None:
+        y0, y1, x0, x1 = box
+        cov_blur[y0:y1, x0:x1]
+        scale_map[y0:y1, x0:x1]
+
+    runner.run("coverage blur", blur_groups, blur_task, recover=blur_recover)
 
     def read_maps(box: Box):
         y0, y1, x0, x1 = box
         return c1[y0:y1, x0:x1], cov_blur[y0:y1, x0:x1], scale_map[y0:y1, x0:x1]
 
-    gains = []
-    progress.start("two-pass gains", len(tiles), unit="tile")
-    for tile in tiles:
-        gamma, _, _ = tile_gain(backend, tile_store, tile, out_grid, read_maps,
-                                opts.two_pass_cov_gain_clip,
-                                strip_pixels=strip_pixels(int(opts.memory_budget)))
-        rss.sample()
-        tile.two_pass_gain = gamma
-        gains.append(gamma)
-        progress.advance("two-pass gains")
-    progress.finish("two-pass gains")
-    strip = strip_pixels(int(opts.memory_budget))
-    offsets, _ = background_offsets(backend, tile_store, tiles, out_grid, two_pass=True,
-                                    strip_pixels=strip)
-    for tile, row in zip(tiles, offsets):
-        tile.bg_offsets_pass2 = [float(v) for v in row]
+    state = state if state is not None else {}
+    if "two_pass_tiles" in state:
+        for tile, saved in zip(tiles, state["two_pass_tiles"]):
+            tile.two_pass_gain = float(saved["gain"])
+            tile.bg_offsets_pass2 = [float("nan") if v is None else float(v) for v in saved["bg2"]]
+        gains = [t.two_pass_gain for t in tiles]
+    else:
+        gains = []
+        progress.start("two-pass gains", len(tiles), unit="tile")
+        for tile in tiles:
+            gamma, _, _ = tile_gain(backend, tile_store, tile, out_grid, read_maps,
+                                    opts.two_pass_cov_gain_clip,
+                                    strip_pixels=strip_pixels(int(opts.memory_budget)))
+            rss.sample()
+            tile.two_pass_gain = gamma
+            gains.append(gamma)
+            progress.advance("two-pass gains")
+        progress.finish("two-pass gains")
+        strip = strip_pixels(int(opts.memory_budget))
+        offsets, _ = background_offsets(backend, tile_store, tiles, out_grid, two_pass=True,
+                                        strip_pixels=strip)
+        for tile, row in zip(tiles, offsets):
+            tile.bg_offsets_pass2 = [float(v) for v in row]
 
+        if save_state is not None:
+            save_state("two-pass gains", two_pass_tiles=[
+                {"gain": t.two_pass_gain,
+                 "bg2": [None if not math.isfinite(v) else v for v in t.bg_offsets_pass2]} for t in tiles])
     m2 = store.require("stages/pass2_mosaic", (height, width, 3), "float32", (block, block, 3),
                        fill_value=float("nan"))
     c2 = store.require("stages/pass2_coverage", (height, width), "float32", (block, block))
@@ -520,7 +677,12 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         m2[y0:y1, x0:x1, :] = mos
         c2[y0:y1, x0:x1] = cov
 
-    runner.run("pass2", blocks, pass2_task)
+    def pass2_recover(box: Box) -> None:
+        y0, y1, x0, x1 = box
+        m2[y0:y1, x0:x1, :]
+        c2[y0:y1, x0:x1]
+
+    runner.run("pass2", blocks, pass2_task, recover=pass2_recover)
 
     def luminance_values(box: Box) -> np.ndarray:
         y0, y1, x0, x1 = box
@@ -553,7 +715,14 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         pass2_mask[y0:y1, x0:x1] = use.astype(np.uint8)
         return int(use.sum()), int(np.count_nonzero(np.isfinite(mos).all(axis=-1)))
 
-    counts = runner.run("merge", blocks, merge_task, guarded=False)
+    def merge_recover(box: Box) -> tuple[int, int]:
+        y0, y1, x0, x1 = box
+        coverage_arr[y0:y1, x0:x1]
+        use = pass2_mask[y0:y1, x0:x1]
+        mos = mosaic_arr[y0:y1, x0:x1, :]
+        return int(use.sum()), int(np.count_nonzero(np.isfinite(mos).all(axis=-1)))
+
+    counts = runner.run("merge", blocks, merge_task, guarded=False, recover=merge_recover)
     used = sum(c[0] for c in counts)
     info["fraction_pass2"] = used / float(height * width)
     info["valid_pixels"] = sum(c[1] for c in counts)
@@ -574,7 +743,8 @@ def run_patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blo
             y0, y1, x0, x1 = box
             output[y0:y1, x0:x1, :] = source[y0:y1, x0:x1, :]
 
-        runner.run("patchwork (no-op copy)", blocks, copy_task, guarded=False)
+        runner.run("patchwork (no-op copy)", blocks, copy_task, guarded=False,
+                   recover=lambda box: output[box[0]:box[1], box[2]:box[3], :])
     return info
 
 
@@ -660,7 +830,8 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
         y0, y1, x0, x1 = box
         delta_store[wy0 + y0:wy0 + y1, wx0 + x0:wx0 + x1] = be.to_host(delta[inner])
 
-    runner.run("patchwork blur", wgroups, delta_task)
+    runner.run("patchwork blur", wgroups, delta_task,
+               recover=lambda b: delta_store[wy0 + b[0]:wy0 + b[1], wx0 + b[2]:wx0 + b[3]])
 
     def abs_delta_values(box: Box) -> np.ndarray:
         m, c, a, _ = read(box)
@@ -691,6 +862,7 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
         out = pw.apply_correction(be, m, y_f, valid, w_seam, delta, cap, eps, params)
         output[wy0 + y0:wy0 + y1, wx0 + x0:wx0 + x1, :] = be.to_host(out)
 
-    runner.run("patchwork", wgroups, correct_task)
+    runner.run("patchwork", wgroups, correct_task,
+               recover=lambda b: output[wy0 + b[0]:wy0 + b[1], wx0 + b[2]:wx0 + b[3], :])
     info["ran"] = True
     return info

@@ -24,7 +24,7 @@ import zarr
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
-from ..errors import InputError
+from ..errors import InputError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,30 @@ def frame_count(header: fits.Header) -> float:
     return 1.0
 
 
+def frame_count_warnings(header: fits.Header) -> list[str]:
+    """One warning per frame-count key that ZeMosaic reads and ignores (§0.3).
+
+    Only the keys before the one that is used are read: each present key whose
+    value is not a finite number > 0 is named, with what the count falls back to.
+    """
+    bad: list[str] = []
+    for key in FRAME_COUNT_KEYS:
+        if key not in header:
+            continue
+        raw = header[key]
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if math.isfinite(value) and value > 0:
+            fallback = f"using {key} = {raw!r} instead"
+            break
+        bad.append(f"frame count {key} = {raw!r} is not a positive number")
+    else:
+        fallback = "falling back to 1 frame (as ZeMosaic does)"
+    return [f"{text}: ignored, {fallback}" for text in bad]
+
+
 def tile_identifier(header: fits.Header, index: int) -> str:
     """§0.3 tile identity: ZMT_SUPID, else tile:<ZMT_ID>, else tile:%04d."""
     supid = header.get("ZMT_SUPID")
@@ -128,8 +152,8 @@ def _as_chw(data: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
     if n_channels == 1:
         return np.broadcast_to(chw, (3,) + chw.shape[1:]), 1
     if n_channels != 3:
-        raise InputError(path, f"primary data has {n_channels} channels (shape {data.shape}); "
-                               "expected 3 (RGB) or 1 (mono)")
+        raise InputError(path, f"primary data of shape {data.shape} has neither 3 (RGB) nor 1 "
+                               "(mono) channels, first (C, H, W) or last (H, W, C)")
     return chw, 3
 
 
@@ -167,8 +191,17 @@ def read_tile_fits(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, fit
     except InputError:
         raise
     except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
-        problem = "truncated or corrupt FITS" if "reshape" in str(exc) or "truncat" in str(exc).lower() \
-            else "cannot be read as FITS"
+        text = str(exc).lower()
+        if "reshape" in text or "truncat" in text or "buffer is smaller" in text \
+                or "buffer is too small" in text:
+            problem = "truncated or corrupt FITS (the data is shorter than its header says)"
+        elif isinstance(exc, KeyError) or "end card" in text or "keyword" in text \
+                or "header" in text:
+            problem = "corrupt FITS header"
+        elif "no simple card" in text or "empty or corrupt" in text:
+            problem = "not a FITS file (or a corrupt one)"
+        else:
+            problem = "cannot be read as FITS"
         raise InputError(path, f"{problem} ({exc.__class__.__name__}: {exc})") from exc
     return chw, alpha, header, n_in
 
@@ -182,6 +215,14 @@ def validate_wcs(header: fits.Header, path: Path) -> WCS:
     if not wcs.has_celestial or wcs.naxis < 2:
         raise InputError(path, "no celestial WCS in the primary header (need RA/DEC CTYPEs, "
                                "CRVAL, CRPIX and CD or CDELT)")
+    for key in ("CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2"):
+        # astropy quietly drops a card it cannot parse (CRVAL1 = NAN becomes 0)
+        value = header.get(key)
+        if value is None:
+            raise InputError(path, f"WCS keyword {key} is missing")
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+                or not math.isfinite(float(value)):
+            raise InputError(path, f"WCS keyword {key} = {value!r} is not a finite number")
     try:
         matrix = wcs.pixel_scale_matrix
         if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix)) == 0.0:
@@ -194,6 +235,177 @@ def validate_wcs(header: fits.Header, path: Path) -> WCS:
     except Exception as exc:
         raise InputError(path, f"WCS is unusable ({exc})") from exc
     return wcs
+
+
+def check_output_folder(store_path: str | Path) -> None:
+    """:class:`StoreError` unless ``store_path`` can be a store in a writable folder.
+
+    ``store_path`` itself must not be an existing non-folder; then walks up to the
+    first path that exists: a regular file there (``a.txt/out.zarr``) or a folder
+    without write permission stops the run before anything is read or written.
+    """
+    store_path = Path(os.path.abspath(store_path))
+    if os.path.lexists(store_path) and not store_path.is_dir():
+        raise StoreError(f"{store_path}: exists and is not a folder (a store is a folder); "
+                         "remove it or choose another output path")
+    folder = store_path.parent
+    probe = folder
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise StoreError(f"cannot create the output folder {folder}: {probe} is a regular file, "
+                         "not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise StoreError(f"output folder {probe} is not writable")
+
+
+def _alpha_all_zero(alpha: np.ndarray | None, shape_hw: tuple[int, ...]) -> bool:
+    """True when a usable ALPHA (the data's shape, §0.3) has no value > 0: an empty tile."""
+    if alpha is None:
+        return False
+    squeezed = np.squeeze(alpha)
+    if squeezed.ndim == 3 and squeezed.shape[0] == 1:
+        squeezed = squeezed[0]
+    if squeezed.shape != tuple(shape_hw):
+        return False            # ignored, with a warning, at write time
+    return not bool(np.any(squeezed > 0))
+
+
+@dataclass
+class SkyFootprint:
+    """A tile's outline on the sky: unit vectors of its centre and of 8 edge points, in order."""
+
+    center: np.ndarray           # (3,)
+    ring: np.ndarray             # (8, 3): corners and edge midpoints of the pixel edges
+    radius: float                # largest centre-to-outline angle, radians
+    pixel: float                 # largest pixel size along an axis, radians
+
+
+def _unit_vectors(lon_deg: np.ndarray, lat_deg: np.ndarray) -> np.ndarray:
+    lon, lat = np.radians(lon_deg), np.radians(lat_deg)
+    return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=-1)
+
+
+def _angle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Angle(s) between unit vectors, accurate at small angles."""
+    return np.arctan2(np.linalg.norm(np.cross(u, v), axis=-1), np.sum(u * v, axis=-1))
+
+
+def sky_footprint(wcs: WCS, shape_hw: tuple[int, ...]) -> SkyFootprint | None:
+    """The tile outline through the full WCS (SIP included); None if it is not finite."""
+    h, w = int(shape_hw[0]), int(shape_hw[1])
+    xs = (-0.5, (w - 1) / 2.0, w - 0.5)
+    ys = (-0.5, (h - 1) / 2.0, h - 0.5)
+    ring = [(xs[0], ys[0]), (xs[1], ys[0]), (xs[2], ys[0]), (xs[2], ys[1]),
+            (xs[2], ys[2]), (xs[1], ys[2]), (xs[0], ys[2]), (xs[0], ys[1])]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            world = np.asarray(wcs.all_pix2world(np.array([(xs[1], ys[1])] + ring), 0), float)
+        lng, lat = wcs.wcs.lng, wcs.wcs.lat
+        vectors = _unit_vectors(world[:, lng], world[:, lat])
+    except Exception:  # noqa: BLE001 - an outline we cannot compute is never held against a tile
+        return None
+    if not np.all(np.isfinite(vectors)):
+        return None
+    center, outline = vectors[0], vectors[1:]
+    pixel = max(float(_angle(center, outline[3])) / max(w / 2.0, 0.5),
+                float(_angle(center, outline[5])) / max(h / 2.0, 0.5))
+    return SkyFootprint(center, outline, float(np.max(_angle(center, outline))), pixel)
+
+
+def _convex_hull(points: np.ndarray) -> np.ndarray:
+    """Counter-clockwise hull of 2-D points (monotone chain)."""
+    pts = sorted(map(tuple, points))
+
+    def cross(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower: list[tuple[float, float]] = []
+    upper: list[tuple[float, float]] = []
+    for p in pts:
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
+            lower.pop()
+        lower.append(p)
+    for p in reversed(pts):
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
+            upper.pop()
+        upper.append(p)
+    return np.array(lower[:-1] + upper[:-1])
+
+
+def _separated(p: np.ndarray, q: np.ndarray, tol: float) -> bool:
+    """Separating-axis test of two convex polygons: a gap wider than ``tol`` on some edge normal."""
+    for poly in (p, q):
+        if len(poly) < 2:
+            continue
+        edges = np.roll(poly, -1, axis=0) - poly
+        normals = np.stack([-edges[:, 1], edges[:, 0]], axis=1)
+        lengths = np.linalg.norm(normals, axis=1)
+        normals = normals[lengths > 0] / lengths[lengths > 0, None]
+        sp, sq = p @ normals.T, q @ normals.T
+        gap = np.maximum(sq.min(axis=0) - sp.max(axis=0), sp.min(axis=0) - sq.max(axis=0))
+        if np.any(gap > tol):
+            return True
+    return False
+
+
+def footprints_overlap(a: SkyFootprint, b: SkyFootprint) -> bool:
+    """Whether two outlines intersect (or come within a pixel), in a gnomonic plane between them."""
+    tol = max(a.pixel, b.pixel)
+    if float(_angle(a.center, b.center)) > a.radius + b.radius + tol:
+        return False
+    mid = a.center + b.center
+    norm = float(np.linalg.norm(mid))
+    if norm < 1e-9:
+        return True                  # centres opposite yet within reach: tiles of a hemisphere
+    mid = mid / norm
+    helper = np.array([0.0, 0.0, 1.0]) if abs(mid[2]) < 0.9 else np.array([1.0, 0.0, 0.0])
+    e1 = np.cross(helper, mid)
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(mid, e1)
+    points = np.vstack([a.ring, b.ring])
+    dots = points @ mid
+    if np.any(dots <= 1e-3):
+        return True                  # too wide for a tangent plane: do not refuse such tiles
+    plane = points / dots[:, None]
+    xy = np.stack([plane @ e1, plane @ e2], axis=1)
+    return not _separated(_convex_hull(xy[:8]), _convex_hull(xy[8:]), tol)
+
+
+def isolated_tiles(footprints: Sequence[SkyFootprint | None]) -> list[tuple[int, str]]:
+    """(index, problem) of every tile that overlaps no other one, when there are >= 2 tiles.
+
+    Such a tile would stretch the output grid over the gap (a huge, mostly empty
+    mosaic).  When no tile overlaps any other, the first is kept and the others are
+    named.  Nothing is flagged when an outline cannot be computed.
+    """
+    n = len(footprints)
+    if n < 2 or any(f is None for f in footprints):
+        return []
+    centers = np.array([f.center for f in footprints])
+    radii = np.array([f.radius for f in footprints])
+    pixels = np.array([f.pixel for f in footprints])
+    distance = np.arccos(np.clip(centers @ centers.T, -1.0, 1.0))   # (n, n), ~1e-8 rad exact
+    reach = radii[:, None] + radii[None, :] + np.maximum(pixels[:, None], pixels[None, :])
+    has_neighbour = np.zeros(n, dtype=bool)
+    for i, j in zip(*np.nonzero(np.triu(distance <= reach, k=1))):
+        if has_neighbour[i] and has_neighbour[j]:
+            continue
+        if footprints_overlap(footprints[i], footprints[j]):
+            has_neighbour[i] = has_neighbour[j] = True
+    lonely = [k for k in range(n) if not has_neighbour[k]]
+    if len(lonely) == n:
+        lonely = lonely[1:]
+    problems = []
+    np.fill_diagonal(distance, np.inf)
+    for k in lonely:
+        nearest = float(np.degrees(distance[k].min()))
+        size = float(np.degrees(2.0 * radii[k]))
+        problems.append((k, f"overlaps no other input tile (the nearest is {nearest:.3g} deg away; "
+                            f"this tile spans {size:.3g} deg), so the output grid would have to "
+                            "span the gap"))
+    return problems
 
 
 class TileStore:
@@ -246,7 +458,9 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
     if not paths:
         raise InputError(None, "no input tiles were given")
     store_path = Path(store_path)
+    check_output_folder(store_path)
     validated: list[tuple[Path, fits.Header, WCS]] = []
+    footprints: list[np.ndarray | None] = []
     seen_checksums: dict[str, Path] = {}
     channel_counts: dict[int, Path] = {}
     skipped: list[str] = []
@@ -256,6 +470,9 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
             wcs = validate_wcs(header, path)
             if not np.any(np.isfinite(chw)):
                 raise InputError(path, "every pixel is NaN or infinite (empty tile)")
+            if _alpha_all_zero(alpha, chw.shape[1:]):
+                raise InputError(path, "ALPHA is zero everywhere: the tile contributes nothing "
+                                       "(empty tile)")
             checksum = _file_checksum(path)
             if checksum in seen_checksums:
                 raise InputError(path, f"duplicate tile: same content as {seen_checksums[checksum]}")
@@ -267,6 +484,7 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
                                        "channel count")
             seen_checksums[checksum] = path
             validated.append((path, header, wcs))
+            footprints.append(sky_footprint(wcs, chw.shape[1:]))
             del chw, alpha
         except InputError as exc:
             if not skip_bad:
@@ -275,6 +493,15 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
             skipped.append(str(exc))
             if 'n_in' in locals() and channel_counts.get(n_in) == path:
                 channel_counts.pop(n_in, None)
+    isolated = isolated_tiles(footprints)
+    for k, problem in isolated:
+        exc = InputError(validated[k][0], problem)
+        if not skip_bad:
+            raise exc
+        log.warning("skipping bad tile %s", exc)
+        skipped.append(str(exc))
+    for k, _ in reversed(isolated):
+        del validated[k], footprints[k]
     if not validated:
         raise InputError(None, "no usable input tile (all were skipped: " + "; ".join(skipped) + ")")
 
@@ -319,6 +546,9 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
                 alpha_arr[...] = alpha
         if n_in == 1:
             warn.append("mono tile copied into three identical channels (no ZeMosaic behaviour)")
+        for text in frame_count_warnings(header):
+            warn.append(text)
+            log.warning("%s: %s", path, text)
         records.append(TileRecord(
             index=index, source=str(path.resolve()), tile_id=tile_identifier(header, index),
             shape_hw=(int(height), int(width)), header=header.tostring(),
