@@ -30,3 +30,13 @@ def test_exact_percentiles_refine_skewed_values_without_gathering_them_all():
     qs = [5.0, 50.0, 99.5]
     ours = exact_percentiles(list(range(5)), lambda k: blocks[k], qs, max_gather=500)
     assert ours == pytest.approx([float(np.percentile(everything, q)) for q in qs], rel=0, abs=1e-9)
+
+
+def test_exact_percentile_inside_a_huge_run_of_identical_values():
+    """Most seam-gradient values are exactly 0: the P99 sits in a bin of identical values."""
+    blocks = [np.zeros(50000, dtype=np.float32) for _ in range(4)]
+    blocks[0][:100] = np.linspace(0.1, 1.0, 100, dtype=np.float32)
+    everything = np.concatenate(blocks).astype(np.float64)
+    ours = exact_percentiles(list(range(4)), lambda k: blocks[k], [50.0, 99.0, 99.99], max_gather=1000)
+    assert ours == pytest.approx([float(np.percentile(everything, q)) for q in (50.0, 99.0, 99.99)],
+                                 rel=0, abs=1e-9)
