@@ -152,3 +152,23 @@ def test_soak_fifty_random_kills_then_resume(tiles, reference, tmp_path):
         out.parent.mkdir()
         _kill_and_resume(tiles, out, f"{stage}:{rng.randint(1, count)}")
         _assert_same(out, reference)
+
+
+def test_existing_store_made_with_other_options_names_the_differing_keys(tiles, tmp_path):
+    out = tmp_path / "out.zarr"
+    assert _cli(["run", *tiles, "-o", str(out), "--block-size", "128",
+                 "--option", "patchwork_suppressor_enabled=false"]).returncode == 0
+    before = sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file())
+    proc = _cli(["run", *tiles, "-o", str(out), "--block-size", "256"])
+    assert proc.returncode == 2
+    assert "other options: block_size, patchwork_suppressor_enabled" in proc.stderr
+    after = sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file())
+    assert before == after
+
+
+def test_durable_run_resumes_like_any_other(tiles, reference, tmp_path):
+    out = tmp_path / "out.zarr"
+    killed = _cli(["run", *tiles, "-o", str(out), "--block-size", "128", "--durable"], "pass2:3")
+    assert killed.returncode == -9
+    assert _cli(["resume", str(out)]).returncode == 0
+    _assert_same(out, reference)

@@ -139,6 +139,40 @@ def choose_block_size(opts: Phase5Options, workers: int) -> int:
     return side
 
 
+def _store_differences(output: Path, tile_paths: Sequence[str | Path], opts: Phase5Options) -> str:
+    """How an existing store's recorded run differs from this one (names the option keys)."""
+    try:
+        store = MosaicStore.open(output, mode="r")
+        request = (store.attrs.get("run_state") or {}).get("run_request")
+    except Exception:
+        return ""
+    if not request:
+        return ""
+    old, new = request.get("options", {}), opts.to_dict()
+    ignore = {"overwrite", "durable"}
+    keys = sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
+    parts = []
+    if keys:
+        parts.append("made with other options: " + ", ".join(keys))
+    old_tiles = [Path(p).resolve() for p in request.get("tile_paths", [])]
+    new_tiles = [Path(p).resolve() for p in tile_paths]
+    if old_tiles != new_tiles:
+        parts.append("made from other input tiles")
+    else:
+        try:
+            records = TileStore.open(output / "tiles").records
+            from ..store.tiles import _file_checksum
+            changed = [r.source for r in records
+                       if Path(r.source).exists() and _file_checksum(Path(r.source)) != r.checksum]
+            if changed:
+                parts.append("input tiles changed since: " + ", ".join(Path(c).name for c in changed))
+        except Exception:
+            pass
+    if not parts:
+        parts.append("made with the same options and tiles")
+    return " (" + "; ".join(parts) + ")"
+
+
 def _coverage_extent(coverage: np.ndarray, box: Box, threshold: float):
     """Rows and columns (half-open, grid coordinates) where a block's coverage exceeds the threshold."""
     y0, _, x0, _ = box
@@ -173,7 +207,7 @@ class BlockRunner:
     guard: OomGuard
 
     resume: bool = False
-    verify: dict[str, Callable[[Box], Any]] = field(default_factory=dict)
+    durable: bool = False
 
     def run(self, stage: str, boxes: Sequence[Box], task: Callable[..., Any], *,
             guarded: bool = True, recover: Callable[[Box], Any] | None = None) -> list[Any]:
@@ -192,6 +226,8 @@ class BlockRunner:
                 backend_name, replay = outcome.backend, outcome.replay
             else:
                 result, backend_name, replay = task(box), self.guard.host.name, False
+            if self.durable:
+                os.sync()          # --durable: the block's chunks reach the disk before "done"
             if self.journal is not None:
                 self.journal.block_done(stage, _block_key(box), backend_name,
                                         time.perf_counter() - started, replay)
@@ -313,8 +349,9 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
             raise StoreError(f"{output}: exists and is not a folder (a Zarr store is a folder); "
                              "choose another output path")
         if output.exists() and any(output.iterdir()) and not getattr(opts, "overwrite", False):
-            raise StoreError(f"{output}: output store already exists (use --overwrite to replace it, "
-                             f"or zemosaic-ooc resume {output} to continue an interrupted run)")
+            raise StoreError(f"{output}: output store already exists{_store_differences(output, tile_paths, opts)}"
+                             f"; use --overwrite to replace it, or zemosaic-ooc resume {output} to "
+                             "continue an interrupted run")
         parent = output.parent if str(output.parent) else Path(".")
         if parent.exists() and not os.access(parent, os.W_OK):
             raise StoreError(f"{output}: output folder is not writable")
@@ -385,7 +422,8 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     out_grid = OutputGrid(out_wcs, shape_hw)
     journal = Journal(output / "journal.sqlite")
     guard = OomGuard(device, backend, max_oom=max_oom, inject=fault_injector)
-    runner = BlockRunner(workers, progress, rss, journal, guard, resume=resume)
+    runner = BlockRunner(workers, progress, rss, journal, guard, resume=resume,
+                         durable=bool(getattr(opts, "durable", False)))
 
     calibration_runs = bool(opts.intertile_photometric_match) and len(tiles) >= 2
     if not stage_done("plan"):

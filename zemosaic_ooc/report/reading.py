@@ -129,22 +129,56 @@ def window_of(group: zarr.Group, shape_hw: tuple[int, int]) -> tuple[int, int, i
     return 0, h, 0, w
 
 
-def read_journal(store_path: str | Path) -> dict[str, Any] | None:
-    """Rows of the run journal (``journal.sqlite`` in the store), read-only; None if absent."""
+class JournalReader:
+    """The run journal (``journal.sqlite`` in the store), read-only and streamed: a huge run
+    has millions of block rows, so they are read ``batch`` rows at a time."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        self.tables = {r[0] for r in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")}
+
+    def columns(self, table: str) -> list[str]:
+        if table not in self.tables:
+            return []
+        return [r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")]
+
+    def stages(self) -> list[dict[str, Any]]:
+        cols = self.columns("stages")
+        if not cols:
+            return []
+        return [dict(zip(cols, r)) for r in self.conn.execute("SELECT * FROM stages")]
+
+    def count_blocks(self) -> int:
+        if "blocks" not in self.tables:
+            return 0
+        return int(self.conn.execute("SELECT COUNT(*) FROM blocks").fetchone()[0])
+
+    def iter_blocks(self, batch: int = 65536) -> Iterator[list[dict[str, Any]]]:
+        cols = self.columns("blocks")
+        if not cols:
+            return
+        cur = self.conn.execute("SELECT * FROM blocks")
+        while True:
+            rows = cur.fetchmany(batch)
+            if not rows:
+                break
+            yield [dict(zip(cols, r)) for r in rows]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def open_journal(store_path: str | Path) -> JournalReader | None:
+    """The store's run journal, or None when there is none (or it cannot be read)."""
     path = Path(store_path) / "journal.sqlite"
     if not path.is_file():
         return None
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        conn.row_factory = sqlite3.Row
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        blocks = ([dict(r) for r in conn.execute("SELECT * FROM blocks")]
-                  if "blocks" in tables else [])
-        stages = ([dict(r) for r in conn.execute("SELECT * FROM stages")]
-                  if "stages" in tables else [])
-    finally:
-        conn.close()
-    return {"blocks": blocks, "stages": stages}
+        return JournalReader(path)
+    except sqlite3.Error:
+        return None
 
 
 def parse_block(text: str) -> tuple[int, int, int, int] | None:
