@@ -196,6 +196,13 @@ def _kill_point(stage: str, count: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _cluster_call(task: Callable[..., Any], box: Box, backend: Backend, guarded: bool) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = task(box, backend) if guarded else task(box)
+    release_memory()
+    return result, time.perf_counter() - started
+
+
 @dataclass
 class BlockRunner:
     """Runs a stage's block tasks on a thread pool, through the OOM guard, and journals them."""
@@ -208,6 +215,7 @@ class BlockRunner:
 
     resume: bool = False
     durable: bool = False
+    client: Any = None           # a dask.distributed Client: tasks run on its workers
 
     def run(self, stage: str, boxes: Sequence[Box], task: Callable[..., Any], *,
             guarded: bool = True, recover: Callable[[Box], Any] | None = None) -> list[Any]:
@@ -247,6 +255,12 @@ class BlockRunner:
                                 stage, _block_key(box), exc)
             todo.append(k)
         completed = 0
+        if self.client is not None and todo:
+            results_todo = self._run_on_cluster(stage, [boxes[k] for k in todo], task, guarded)
+            for k, result in zip(todo, results_todo):
+                results[k] = result
+            self.progress.finish(stage)
+            return results
         if self.workers <= 1:
             for k in todo:
                 results[k] = call(boxes[k])
@@ -266,6 +280,32 @@ class BlockRunner:
         self.progress.finish(stage)
         return results
 
+    def _run_on_cluster(self, stage: str, boxes: list[Box], task: Callable[..., Any],
+                        guarded: bool) -> list[Any]:
+        """Submit the blocks to the Dask workers (CPU backend there), retrying failed tasks."""
+        from distributed import as_completed
+
+        futures = [self.client.submit(_cluster_call, task, box, self.guard.host, guarded,
+                                      retries=3, pure=False, key=f"{stage}-{_block_key(box)}-{id(task)}")
+                   for box in boxes]
+        index = {f.key: k for k, f in enumerate(futures)}
+        results: list[Any] = [None] * len(boxes)
+        completed = 0
+        for future in as_completed(futures):
+            result, seconds = future.result()
+            k = index[future.key]
+            results[k] = result
+            if self.durable:
+                os.sync()
+            if self.journal is not None:
+                self.journal.block_done(stage, _block_key(boxes[k]), f"dask:{self.guard.host.name}",
+                                        seconds, False)
+            self.rss.sample()
+            self.progress.advance(stage)
+            completed += 1
+            _kill_point(stage, completed)
+        return results
+
 
 def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
                  options: Phase5Options | None = None, **kwargs: Any) -> RunSummary:
@@ -276,8 +316,10 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     """
     from ..store.lock import RunLock
 
-    with RunLock(output):
-        return _run_pipeline(tile_paths, output, options, **kwargs)
+    import contextlib
+
+    with RunLock(output), contextlib.ExitStack() as cleanup:
+        return _run_pipeline(tile_paths, output, options, _cleanup=cleanup, **kwargs)
 
 
 def resume_pipeline(output: str | Path, **kwargs: Any) -> RunSummary:
@@ -305,7 +347,8 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
                  progress: ProgressSink | None = None, backend: Backend | None = None,
                  workers: int | None = None, grid: tuple[Any, tuple[int, int]] | None = None,
                  device: Backend | None = None, max_oom: int = 3,
-                 fault_injector: Any = None, resume: bool = False) -> RunSummary:
+                 fault_injector: Any = None, resume: bool = False,
+                 _cleanup: Any = None) -> RunSummary:
     """Run Phase 5 from master-tile FITS files to a MosaicStore (and optional FITS/PNG).
 
     ``backend`` is the host (CPU) backend.  ``device`` runs the block stages on a
@@ -327,6 +370,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
             log.warning("a GPU is available but the CuPy path is not validated yet; running on CPU")
     if backend is None:
         backend = numpy_backend(int(opts.memory_budget))
+    kwargs_workers = workers
     workers = workers or min(os.cpu_count() or 1, 8)
     rss = _PeakRss()
     stages: list[tuple[str, float]] = []
@@ -424,6 +468,14 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     guard = OomGuard(device, backend, max_oom=max_oom, inject=fault_injector)
     runner = BlockRunner(workers, progress, rss, journal, guard, resume=resume,
                          durable=bool(getattr(opts, "durable", False)))
+    scheduler = str(getattr(opts, "scheduler", "local") or "local")
+    cluster = None
+    if scheduler != "local":
+        from ..schedule.dask import close, make_client
+        runner.client, cluster = make_client(scheduler, workers=kwargs_workers,
+                                             memory_budget=int(opts.memory_budget))
+        if _cleanup is not None:
+            _cleanup.callback(close, runner.client, cluster)
 
     calibration_runs = bool(opts.intertile_photometric_match) and len(tiles) >= 2
     if not stage_done("plan"):
