@@ -9,8 +9,7 @@ least-squares system directly (its SGD converges to the same solution).
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -31,7 +30,6 @@ def pair_offset(backend: Backend, store: TileStore, tile_s: TilePlan, tile_t: Ti
                 grid: OutputGrid, *, strip_pixels: int = 1 << 20, two_pass: bool = False,
                 step: int = DEFAULT_CONTROL_STEP) -> list[float]:
     """O_st per channel: median of d_s − d_t over the overlap (NaN when it is empty)."""
-    xp = backend.xp
     y0 = max(tile_s.box[0], tile_t.box[0])
     y1 = min(tile_s.box[1], tile_t.box[1])
     x0 = max(tile_s.box[2], tile_t.box[2])

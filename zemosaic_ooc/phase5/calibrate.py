@@ -10,7 +10,6 @@ fit in the budget); previews are at most 128 px on a side.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import warnings
@@ -21,7 +20,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
-from ..backend import Backend, numpy_backend
+from ..backend import Backend
 from .grid import OverlapPair, clamped_boxes, overlap_pairs_with_cascade
 from .mapping import TileGeometry, output_to_tile
 from .resample import region_bounds, sample_bilinear
@@ -492,9 +491,9 @@ def calibrate(backend: Backend, geometries: Sequence[TileGeometry], tile_ids: Se
     solution, _raw = solve_m0(n_tiles, entries, anchor)
     result.solver_output = list(solution)
 
-    recenter = None
+    recenter: Callable[[list[tuple[float, float]]], list[float]] | None = None
     if opts.intertile_global_recenter:
-        def recenter(values: list[tuple[float, float]]) -> list[float]:
+        def recenter_medians(values: list[tuple[float, float]]) -> list[float]:
             medians = []
             for t, (g, o) in enumerate(values):
                 preview = backend.to_host(source.preview(t))
@@ -503,6 +502,8 @@ def calibrate(backend: Backend, geometries: Sequence[TileGeometry], tile_ids: Se
                     warnings.simplefilter("ignore", RuntimeWarning)
                     medians.append(float(np.nanmedian(corrected)))
             return medians
+
+        recenter = recenter_medians
 
     active = {p.i for p in pairs} | {p.j for p in pairs}
     guard_counts = {"active_tiles": len(active), "raw_pairs": len(pairs), "pruned_pairs": len(kept)}

@@ -149,6 +149,31 @@ def coadd_block(backend: Backend, store: TileStore, tiles: Sequence[TilePlan], g
                        None if union is None else backend.to_host(union), covered_rows, covered_cols)
 
 
+def tile_strips(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputGrid, *,
+                strip_pixels: int = 1 << 20, step: int = DEFAULT_CONTROL_STEP):
+    """Walk a tile's §4.2 box in row strips: yields (strip box, u, v, region origin, raw data, raw alpha).
+
+    u, v are the cropped-tile coordinates of every strip pixel (backend arrays); the raw
+    region (C, h, w) / (h, w) covers every in-bounds position, with top-left ``origin``.
+    Strips that do not reach the tile are skipped.
+    """
+    xp = backend.xp
+    y0, y1, x0, x1 = tile.box
+    geom = geometry(tile)
+    rows_per_strip = max(1, strip_pixels // max(1, x1 - x0))
+    for sy0 in range(y0, y1, rows_per_strip):
+        strip = (sy0, min(y1, sy0 + rows_per_strip), x0, x1)
+        uu, vv = map_region(geom, grid, strip, step=step)
+        uu, vv = backend.asarray(uu), backend.asarray(vv)
+        bounds = region_bounds(uu, vv, tile.cropped_hw, xp)
+        if bounds is None:
+            continue
+        r0, r1, c0, c1 = bounds
+        raw_data, raw_alpha = read_raw_region(store, tile, (r0, r1), (c0, c1))
+        yield (strip, uu, vv, (r0, c0), backend.asarray(raw_data),
+               None if raw_alpha is None else backend.asarray(raw_alpha))
+
+
 def union_bbox(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputGrid,
                *, strip_pixels: int = 1 << 20, step: int = DEFAULT_CONTROL_STEP) -> Box | None:
     """§5.3 step 3: bbox of the nearest-neighbour reprojection of b_t where it is > 0.
@@ -162,22 +187,12 @@ def union_bbox(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputG
     if tile.box is None:
         return None
     y0, y1, x0, x1 = tile.box
-    geom = geometry(tile)
-    rows_per_strip = max(1, strip_pixels // max(1, x1 - x0))
     found_rows: list[int] = []
     col_min, col_max = None, None
-    for sy0 in range(y0, y1, rows_per_strip):
-        strip = (sy0, min(y1, sy0 + rows_per_strip), x0, x1)
-        uu, vv = map_region(geom, grid, strip, step=step)
-        uu, vv = backend.asarray(uu), backend.asarray(vv)
-        bounds = region_bounds(uu, vv, tile.cropped_hw, xp)
-        if bounds is None:
-            continue
-        r0, r1, c0, c1 = bounds
-        raw_data, raw_alpha = read_raw_region(store, tile, (r0, r1), (c0, c1))
-        b = union_mask(backend, backend.asarray(raw_data),
-                       None if raw_alpha is None else backend.asarray(raw_alpha), tile)
-        vals = sample_nearest(backend, b[None], (r0, c0), tile.cropped_hw, uu, vv)[0]
+    for strip, uu, vv, origin, raw_data, raw_alpha in tile_strips(backend, store, tile, grid,
+                                                                  strip_pixels=strip_pixels, step=step):
+        b = union_mask(backend, raw_data, raw_alpha, tile)
+        vals = sample_nearest(backend, b[None], origin, tile.cropped_hw, uu, vv)[0]
         positive = xp.nan_to_num(vals, nan=0.0) > 0
         rows = xp.nonzero(positive.any(axis=1))[0]
         cols = xp.nonzero(positive.any(axis=0))[0]

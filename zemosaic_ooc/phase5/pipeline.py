@@ -32,7 +32,7 @@ from ..store.mosaic import MosaicStore
 from ..store.tiles import TileStore, ingest_tiles
 from .background import background_offsets
 from .calibrate import CalibrationResult, calibrate
-from .coadd import BlockResult, coadd_block, union_bbox
+from .coadd import coadd_block, union_bbox
 from .finish import alpha_source_index, alpha_u8, autocrop_window, finish_values
 from .grid import Box, compute_output_grid, grid_from_header, halo_superblocks, iter_blocks, reproject_box
 from .mapping import OutputGrid

@@ -18,10 +18,10 @@ import numpy as np
 from ..backend import Backend
 from ..store.tiles import TileStore
 from .grid import Box
-from .mapping import DEFAULT_CONTROL_STEP, OutputGrid, map_region
-from .plan import geometry, read_raw_region
+from .coadd import tile_strips
+from .mapping import DEFAULT_CONTROL_STEP, OutputGrid
 from .prep import TilePlan, prepare_region
-from .resample import region_bounds, sample_bilinear
+from .resample import sample_bilinear
 
 EPS32 = np.float32(np.finfo(np.float32).eps)
 
@@ -62,24 +62,13 @@ def tile_gain(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputGr
     xp = backend.xp
     if tile.box is None:
         return 1.0, 0, 0
-    y0, y1, x0, x1 = tile.box
-    geom = geometry(tile)
-    rows_per_strip = max(1, strip_pixels // max(1, x1 - x0))
     footprint = 0
     gathered: list[np.ndarray] = []
-    for sy0 in range(y0, y1, rows_per_strip):
-        strip = (sy0, min(y1, sy0 + rows_per_strip), x0, x1)
-        uu, vv = map_region(geom, grid, strip, step=step)
-        uu, vv = backend.asarray(uu), backend.asarray(vv)
-        bounds = region_bounds(uu, vv, tile.cropped_hw, xp)
-        if bounds is None:
-            continue
-        r0, r1, c0, c1 = bounds
-        raw_data, raw_alpha = read_raw_region(store, tile, (r0, r1), (c0, c1))
-        _, mask, _ = prepare_region(backend, backend.asarray(raw_data),
-                                    None if raw_alpha is None else backend.asarray(raw_alpha), tile,
-                                    apply_gain_offset=False)
-        reprojected = sample_bilinear(backend, mask[None], (r0, c0), tile.cropped_hw, uu, vv)[0]
+    for strip, uu, vv, origin, raw_data, raw_alpha in tile_strips(backend, store, tile, grid,
+                                                                  strip_pixels=strip_pixels, step=step):
+        _, mask, _ = prepare_region(backend, raw_data, raw_alpha, tile, apply_gain_offset=False,
+                                    want_weight=False)
+        reprojected = sample_bilinear(backend, mask[None], origin, tile.cropped_hw, uu, vv)[0]
         in_tile = xp.nan_to_num(reprojected, nan=0.0) > 1e-3
         footprint += int(in_tile.sum())
         cov, cb, scale = (backend.asarray(a) for a in read_maps(strip))

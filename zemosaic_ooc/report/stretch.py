@@ -12,22 +12,9 @@ import math
 
 import numpy as np
 
+from ..store.export import auto_softening  # the same rule as the --preview PNG
+
 BLACK_PCT, WHITE_PCT, TARGET = 0.5, 99.8, 0.25
-
-
-def auto_softening(median_norm: float, target: float = TARGET) -> float:
-    """The asinh softening that maps the normalised median to ``target``."""
-    m = float(median_norm)
-    if not np.isfinite(m) or m <= 0.0 or m >= target:
-        return 1.0 if (np.isfinite(m) and m >= target) else 500.0
-    lo, hi = 1e-3, 1e5
-    for _ in range(80):
-        mid = math.sqrt(lo * hi)
-        if math.asinh(mid * m) / math.asinh(mid) < target:
-            lo = mid
-        else:
-            hi = mid
-    return math.sqrt(lo * hi)
 
 
 def auto_stretch(rgb: np.ndarray, *, linked: bool = True) -> np.ndarray:

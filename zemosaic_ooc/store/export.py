@@ -319,7 +319,7 @@ def _asinh(x: np.ndarray, soft: float) -> np.ndarray:
     return np.arcsinh(soft * x) / math.asinh(soft)
 
 
-def _auto_softening(median_norm: float, target: float = 0.25) -> float:
+def auto_softening(median_norm: float, target: float = 0.25) -> float:
     """The asinh softening that maps the normalised background median to ``target``."""
     m = float(median_norm)
     if not np.isfinite(m) or m <= 0.0 or m >= target:
@@ -356,9 +356,9 @@ def stretch_rgb(rgb: np.ndarray, *, stretch: str = "auto", linked: bool = True,
     norm = np.clip((vals - lo) / span, 0.0, 1.0)
     if stretch == "auto":
         if linked:
-            soft = np.full(3, _auto_softening(float(np.median(norm))))
+            soft = np.full(3, auto_softening(float(np.median(norm))))
         else:
-            soft = np.array([_auto_softening(float(np.median(norm[:, c]))) for c in range(3)])
+            soft = np.array([auto_softening(float(np.median(norm[:, c]))) for c in range(3)])
         norm = np.stack([_asinh(norm[:, c], soft[c]) for c in range(3)], axis=-1)
     elif stretch == "asinh":
         norm = _asinh(norm, asinh_softening)
