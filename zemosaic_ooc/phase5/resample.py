@@ -48,7 +48,11 @@ def region_bounds(u: Any, v: Any, full_hw: tuple[int, int], xp: Any) -> tuple[in
 
 def sample_bilinear(backend: Backend, planes: Any, origin: tuple[int, int],
                     full_hw: tuple[int, int], u: Any, v: Any) -> Any:
-    """Bilinear samples (C, *u.shape) float64 of (C, h, w) ``planes`` at (u, v)."""
+    """Bilinear samples (C, *u.shape) float64 of (C, h, w) ``planes`` at (u, v).
+
+    The four stencil values are gathered from the flattened region (one index array for
+    all channels); the weights and the sum are float64, in scipy's order of operations.
+    """
     xp = backend.xp
     height, width = full_hw
     uc, inside_u = _clip_positions(xp, u, width)
@@ -62,24 +66,24 @@ def sample_bilinear(backend: Backend, planes: Any, origin: tuple[int, int],
         i0 = xp.minimum(i0, width - 2)
     if height > 1:
         j0 = xp.minimum(j0, height - 2)
-    fu = uc - i0
-    fv = vc - j0
-    i0 = i0 - origin[1]
-    j0 = j0 - origin[0]
+    fu = (uc - i0).ravel()
+    fv = (vc - j0).ravel()
     region_h, region_w = planes.shape[-2], planes.shape[-1]
-    i1 = xp.clip(i0 + 1, 0, region_w - 1)
-    j1 = xp.clip(j0 + 1, 0, region_h - 1)
-    i0 = xp.clip(i0, 0, region_w - 1)
-    j0 = xp.clip(j0, 0, region_h - 1)
-    p00 = planes[:, j0, i0].astype(xp.float64)
-    p01 = planes[:, j0, i1].astype(xp.float64)
-    p10 = planes[:, j1, i0].astype(xp.float64)
-    p11 = planes[:, j1, i1].astype(xp.float64)
-    wu1 = fu
+    # outside positions are clipped into the region (their values are discarded below)
+    i0 = xp.clip(i0 - origin[1], 0, max(0, region_w - 2))
+    j0 = xp.clip(j0 - origin[0], 0, max(0, region_h - 2))
+    step_x = 1 if region_w > 1 else 0
+    step_y = region_w if region_h > 1 else 0
+    flat = planes.reshape(planes.shape[0], -1)
+    index = (j0 * region_w + i0).ravel()
+    p00 = flat[:, index]
+    p01 = flat[:, index + step_x]
+    p10 = flat[:, index + step_y]
+    p11 = flat[:, index + step_y + step_x]
     wu0 = 1.0 - fu
-    wv1 = fv
     wv0 = 1.0 - fv
-    values = wv0 * (wu0 * p00 + wu1 * p01) + wv1 * (wu0 * p10 + wu1 * p11)
+    values = wv0 * (wu0 * p00 + fu * p01) + fv * (wu0 * p10 + fu * p11)
+    values = values.reshape((planes.shape[0],) + tuple(u.shape))
     return xp.where(inside, values, xp.nan)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.codecs import Crc32cCodec
 
 from ..errors import StoreError
 
@@ -61,10 +61,10 @@ class MosaicStore:
                 fill_value: Any = 0) -> zarr.Array:
         if name in self.group:
             return self.group[name]
-        # crc32c after compression: a damaged chunk fails to read instead of giving wrong pixels
+        # no compression (float mosaics barely compress and it costs more than the I/O it saves);
+        # a crc32c checksum, so a damaged chunk fails to read instead of giving wrong pixels
         return self.group.create_array(name, shape=shape, dtype=dtype, chunks=chunks,
-                                       fill_value=fill_value,
-                                       compressors=[ZstdCodec(level=1), Crc32cCodec()])
+                                       fill_value=fill_value, compressors=[Crc32cCodec()])
 
     def array(self, name: str) -> zarr.Array:
         return self.group[name]

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
@@ -511,8 +512,10 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
         chw, alpha, header, n_in = read_tile_fits(path)
         _, height, width = chw.shape
         tile_group = group.require_group(f"tiles/{index}")
+        # uncompressed (read block by block many times) with a crc32c checksum per chunk
         data_arr = tile_group.create_array("data", shape=chw.shape, dtype="float32",
-                                           chunks=(3, min(chunk, height), min(chunk, width)))
+                                           chunks=(3, min(chunk, height), min(chunk, width)),
+                                           compressors=[Crc32cCodec()])
         data_arr[...] = chw
         has_alpha = alpha is not None
         alpha_usable = False
@@ -542,7 +545,7 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
                     log.warning("%s: %s", path, warn[-1])
                 alpha_arr = tile_group.create_array(
                     "alpha", shape=alpha.shape, dtype=alpha.dtype,
-                    chunks=(min(chunk, height), min(chunk, width)))
+                    chunks=(min(chunk, height), min(chunk, width)), compressors=[Crc32cCodec()])
                 alpha_arr[...] = alpha
         if n_in == 1:
             warn.append("mono tile copied into three identical channels (no ZeMosaic behaviour)")
