@@ -63,3 +63,23 @@ def noise_floor(ref: dict, variant: str, channel: int) -> float:
             if item:
                 floors.append(float(item["rms_over_range"][channel]))
     return max(floors)
+
+
+def assert_same_mosaic(ours: tuple, ref: tuple, *, tol: float = 1e-6,
+                       coverage_tol: float | None = None) -> None:
+    """Two store windows (mosaic, coverage, alpha, attrs) agree: identical valid masks and alpha,
+    max |Δ| < tol × (P99 − P1 of ``ref``) per channel; coverage identical, or within
+    ``coverage_tol`` × max(1, max coverage) when given."""
+    a, cov_a, alpha_a, _ = ours
+    b, cov_b, alpha_b, _ = ref
+    assert a.shape == b.shape
+    assert np.array_equal(np.isfinite(a), np.isfinite(b))
+    assert np.array_equal(alpha_a, alpha_b)
+    both = np.isfinite(b).all(-1)
+    for c in range(3):
+        p1, p99 = np.percentile(b[..., c][both], [1, 99])
+        assert np.max(np.abs(a[..., c][both] - b[..., c][both]), initial=0.0) < tol * (p99 - p1)
+    if coverage_tol is None:
+        assert np.array_equal(cov_a, cov_b)
+    else:
+        assert np.nanmax(np.abs(cov_a - cov_b)) < coverage_tol * max(1.0, float(np.nanmax(cov_b)))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sqlite3
 
-import numpy as np
 import pytest
 
 from zemosaic_ooc.backend import DeviceError, DeviceOutOfMemory, numpy_as_device_backend
@@ -16,7 +15,7 @@ from zemosaic_ooc.options import Phase5Options
 from zemosaic_ooc.phase5.pipeline import run_pipeline
 
 from conftest import require_fixtures
-from golden import read_store_window
+from golden import assert_same_mosaic, read_store_window
 
 
 @pytest.fixture(scope="module")
@@ -38,22 +37,10 @@ def _journal(out):
         return conn.execute("SELECT stage, block, backend, replay FROM blocks").fetchall()
 
 
-def _assert_equal_to_reference(out, reference):
-    ours, coverage, alpha, _ = read_store_window(out)
-    ref, ref_coverage, ref_alpha, _ = reference
-    assert np.array_equal(np.isfinite(ours), np.isfinite(ref))
-    assert np.array_equal(alpha, ref_alpha)
-    both = np.isfinite(ref).all(-1)
-    for c in range(3):
-        p1, p99 = np.percentile(ref[..., c][both], [1, 99])
-        assert np.max(np.abs(ours[..., c][both] - ref[..., c][both])) < 1e-6 * (p99 - p1)
-    assert np.array_equal(coverage, ref_coverage)
-
-
 def test_device_path_without_faults_equals_the_cpu_run(tiles, reference_run, tmp_path):
     out = tmp_path / "device.zarr"
     summary = run_pipeline(tiles, out, Phase5Options(block_size=128), device=numpy_as_device_backend())
-    _assert_equal_to_reference(out, reference_run)
+    assert_same_mosaic(read_store_window(out), reference_run)
     rows = _journal(out)
     assert {r[2] for r in rows if r[0] == "pass1"} == {"cpu-as-device"}
     assert summary.device["replays"] == 0 and summary.device["disabled_reason"] is None
@@ -72,7 +59,7 @@ def test_injected_ooms_replay_blocks_on_cpu_with_identical_result(tiles, referen
     summary = run_pipeline(tiles, out, Phase5Options(block_size=128), device=numpy_as_device_backend(),
                            fault_injector=inject)
     assert sorted(hits) == sorted(targets)
-    _assert_equal_to_reference(out, reference_run)
+    assert_same_mosaic(read_store_window(out), reference_run)
     replays = {(r[0], r[1]) for r in _journal(out) if r[3]}
     assert replays == {("pass1", "0:128,128:256"), ("pass2", "256:384,0:128")}
     assert summary.device["oom_strikes"] == 2 and summary.device["disabled_reason"] is None
@@ -90,7 +77,7 @@ def test_gpu_is_disabled_after_three_ooms(tiles, reference_run, tmp_path):
     rows = _journal(out)
     assert sum(r[3] for r in rows) == 3
     assert all(r[2] == "cpu" for r in rows)
-    _assert_equal_to_reference(out, reference_run)
+    assert_same_mosaic(read_store_window(out), reference_run)
 
 
 def test_a_non_oom_device_error_disables_the_gpu_at_once(tiles, reference_run, tmp_path):
@@ -107,4 +94,4 @@ def test_a_non_oom_device_error_disables_the_gpu_at_once(tiles, reference_run, t
     assert len(calls) == 2                       # nothing tried on the device after the error
     assert "device error" in summary.device["disabled_reason"]
     assert summary.device["oom_strikes"] == 0 and summary.device["replays"] == 1
-    _assert_equal_to_reference(out, reference_run)
+    assert_same_mosaic(read_store_window(out), reference_run)

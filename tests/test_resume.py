@@ -13,12 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import zarr
 
 from conftest import REPO_ROOT, require_fixtures
-from golden import read_store_window
+from golden import assert_same_mosaic, read_store_window
 
 KILL_POINTS = [
     "ingest:2",                 # ingest, while tiles are being written
@@ -66,15 +65,7 @@ def reference(tiles, tmp_path_factory):
 
 
 def _assert_same(out: Path, reference) -> None:
-    ours, coverage, alpha, _ = read_store_window(out)
-    ref, ref_coverage, ref_alpha, _ = reference
-    assert np.array_equal(np.isfinite(ours), np.isfinite(ref))
-    both = np.isfinite(ref).all(-1)
-    for c in range(3):
-        p1, p99 = np.percentile(ref[..., c][both], [1, 99])
-        assert np.max(np.abs(ours[..., c][both] - ref[..., c][both]), initial=0.0) < 1e-6 * (p99 - p1)
-    assert np.array_equal(coverage, ref_coverage)
-    assert np.array_equal(alpha, ref_alpha)
+    assert_same_mosaic(read_store_window(out), reference)
     assert not list(out.parent.rglob("*.partial"))
 
 

@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
-from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs import WCS
 from astropy.wcs.utils import pixel_to_pixel
+
+from ..store.tiles import header_wcs
 
 DEFAULT_CONTROL_STEP = 16
 
@@ -32,13 +34,8 @@ _local = threading.local()
 
 
 def _wcs_from_header_text(text: str) -> WCS:
-    header = fits.Header.fromstring(text)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        wcs = WCS(header, naxis=2, relax=True)
-    if "NAXIS1" in header and "NAXIS2" in header:
-        wcs.pixel_shape = (int(header["NAXIS1"]), int(header["NAXIS2"]))
-    return wcs
+    """A fresh WCS from header text, read the way tiles are read at ingest."""
+    return header_wcs(fits.Header.fromstring(text))
 
 
 def thread_wcs(key: str, header_text: str) -> WCS:
@@ -92,7 +89,6 @@ class OutputGrid:
     def __init__(self, wcs: WCS, shape_hw: tuple[int, int]):
         self.header_text = wcs.to_header(relax=True).tostring()
         self.shape_hw = (int(shape_hw[0]), int(shape_hw[1]))
-        self._wcs = wcs
 
     def wcs(self) -> WCS:
         return thread_wcs(f"out-{hash(self.header_text)}", self.header_text)

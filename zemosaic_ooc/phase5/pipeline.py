@@ -227,19 +227,14 @@ class BlockRunner:
         """
         done = self.journal.done_blocks(stage) if (self.resume and self.journal is not None) else set()
 
-        def call(box: Box) -> Any:
+        def call(box: Box) -> tuple[Any, str, float, bool]:
             started = time.perf_counter()
             if guarded:
                 result, outcome = self.guard.run(stage, box, task)
                 backend_name, replay = outcome.backend, outcome.replay
             else:
                 result, backend_name, replay = task(box), self.guard.host.name, False
-            if self.durable:
-                os.sync()          # --durable: the block's chunks reach the disk before "done"
-            if self.journal is not None:
-                self.journal.block_done(stage, _block_key(box), backend_name,
-                                        time.perf_counter() - started, replay)
-            return result
+            return result, backend_name, time.perf_counter() - started, replay
 
         self.progress.start(stage, len(boxes))
         results: list[Any] = [None] * len(boxes)
@@ -254,57 +249,41 @@ class BlockRunner:
                     log.warning("%s block %s: stored result unreadable (%s); recomputing it",
                                 stage, _block_key(box), exc)
             todo.append(k)
-        completed = 0
+        for completed, (k, (result, backend_name, seconds, replay)) in enumerate(
+                self._execute(stage, boxes, todo, call, task, guarded), start=1):
+            results[k] = result
+            if self.durable:
+                os.sync()          # --durable: the block's chunks reach the disk before "done"
+            if self.journal is not None:
+                self.journal.block_done(stage, _block_key(boxes[k]), backend_name, seconds, replay)
+            self.rss.sample()
+            self.progress.advance(stage)
+            _kill_point(stage, completed)
+        self.progress.finish(stage)
+        return results
+
+    def _execute(self, stage: str, boxes: Sequence[Box], todo: list[int],
+                 call: Callable[[Box], tuple[Any, str, float, bool]], task: Callable[..., Any],
+                 guarded: bool):
+        """Yield (index, (result, backend, seconds, replay)) as blocks finish, wherever they run."""
         if self.client is not None and todo:
-            results_todo = self._run_on_cluster(stage, [boxes[k] for k in todo], task, guarded)
-            for k, result in zip(todo, results_todo):
-                results[k] = result
-            self.progress.finish(stage)
-            return results
-        if self.workers <= 1:
+            from distributed import as_completed
+
+            futures = {self.client.submit(_cluster_call, task, boxes[k], self.guard.host, guarded,
+                                          retries=3, pure=False,
+                                          key=f"{stage}-{_block_key(boxes[k])}-{id(task)}"): k
+                       for k in todo}
+            for future in as_completed(list(futures)):
+                result, seconds = future.result()
+                yield futures[future], (result, f"dask:{self.guard.host.name}", seconds, False)
+        elif self.workers <= 1:
             for k in todo:
-                results[k] = call(boxes[k])
-                self.rss.sample()
-                self.progress.advance(stage)
-                completed += 1
-                _kill_point(stage, completed)
+                yield k, call(boxes[k])
         else:
             with cf.ThreadPoolExecutor(max_workers=self.workers) as pool:
                 futures = {pool.submit(call, boxes[k]): k for k in todo}
                 for future in cf.as_completed(futures):
-                    results[futures[future]] = future.result()
-                    self.rss.sample()
-                    self.progress.advance(stage)
-                    completed += 1
-                    _kill_point(stage, completed)
-        self.progress.finish(stage)
-        return results
-
-    def _run_on_cluster(self, stage: str, boxes: list[Box], task: Callable[..., Any],
-                        guarded: bool) -> list[Any]:
-        """Submit the blocks to the Dask workers (CPU backend there), retrying failed tasks."""
-        from distributed import as_completed
-
-        futures = [self.client.submit(_cluster_call, task, box, self.guard.host, guarded,
-                                      retries=3, pure=False, key=f"{stage}-{_block_key(box)}-{id(task)}")
-                   for box in boxes]
-        index = {f.key: k for k, f in enumerate(futures)}
-        results: list[Any] = [None] * len(boxes)
-        completed = 0
-        for future in as_completed(futures):
-            result, seconds = future.result()
-            k = index[future.key]
-            results[k] = result
-            if self.durable:
-                os.sync()
-            if self.journal is not None:
-                self.journal.block_done(stage, _block_key(boxes[k]), f"dask:{self.guard.host.name}",
-                                        seconds, False)
-            self.rss.sample()
-            self.progress.advance(stage)
-            completed += 1
-            _kill_point(stage, completed)
-        return results
+                    yield futures[future], future.result()
 
 
 def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
@@ -569,7 +548,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         src_rows = alpha_source_index(wy1 - wy0, wy0, wy1)
         src_cols = alpha_source_index(wx1 - wx0, wx0, wx1)
     else:
-        src_rows = np.arange(wy0, wy1) if True else None
+        src_rows = np.arange(wy0, wy1)
         src_cols = np.arange(wx0, wx1)
     alpha_dropped = src_rows is None or src_cols is None
     if alpha_dropped:
@@ -883,11 +862,10 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
         valid = pw.valid_mask(backend, m, c, a)
         return backend.to_host(pw.luminance(backend, m)[valid])
 
-    counts = [y_values(b).size for b in wblocks]
-    if sum(counts) == 0:
+    median_y = exact_percentiles(wblocks, y_values, [50.0])[0]
+    if not np.isfinite(median_y):          # no valid pixel at all
         info["note"] = "no valid pixel (no-op)"
         return info
-    median_y = exact_percentiles(wblocks, y_values, [50.0])[0]
     max_c = max(float(np.nanmax(np.nan_to_num(coverage[wy0 + b[0]:wy0 + b[1], wx0 + b[2]:wx0 + b[3]])))
                 for b in wblocks)
     if not max_c > 0:

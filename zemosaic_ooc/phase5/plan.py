@@ -33,7 +33,6 @@ def build_tile_plans(records: list[TileRecord], opts: Any) -> list[TilePlan]:
         plans.append(TilePlan(
             index=record.index, tile_id=record.tile_id, header_text=record.header,
             shape_hw=tuple(record.shape_hw), crop_hw=crop, has_alpha=record.has_alpha,
-            alpha_is_int=alpha_is_int,
             alpha_scale_255=alpha_is_int and (record.alpha_max or 0.0) > 1.0,
             soft_weights=bool(opts.phase5_alpha_soft_weights), weight_floor=floor,
             tau=float(tau), empty_flag=record.empty_flag))

@@ -31,7 +31,6 @@ class TilePlan:
     shape_hw: tuple[int, int]          # uncropped
     crop_hw: tuple[int, int]           # (dh, dw)
     has_alpha: bool
-    alpha_is_int: bool                 # integer dtype (§2.2, §5.3)
     alpha_scale_255: bool              # integer dtype with max > 1 → /255 (§2.2)
     soft_weights: bool
     weight_floor: float
