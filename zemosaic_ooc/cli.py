@@ -286,7 +286,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not args.seam_threshold > 0:
         raise OptionError(f"--seam-threshold must be > 0, got {args.seam_threshold}")
     result = build_report(Path(args.store), Path(args.output) if args.output else None,
-                          max_side=max(16, args.max_side), rel_threshold=args.seam_threshold / 100.0)
+                          max_side=max(16, args.max_side), rel_threshold=args.seam_threshold / 100.0,
+                          compare_modes=bool(args.compare_modes))
     if _verbosity(args) >= 0:
         print(result.format(), flush=True)
     return 0
@@ -419,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--seam-threshold", type=float, default=2.5, metavar="PCT",
                         help="flag a tile boundary whose step exceeds PCT %% of the channel's "
                              "P99 - P1 range (default 2.5)")
+    report.add_argument("--compare-modes", action="store_true",
+                        help="also run the same request in the other photometry mode (zemosaic / "
+                             "corrected; reads the input tiles again) and show both seam checks")
     report.add_argument("-v", "--verbose", action="count", default=0, help=argparse.SUPPRESS)
     report.add_argument("-q", "--quiet", action="count", default=0, help=argparse.SUPPRESS)
     report.set_defaults(func=cmd_report)

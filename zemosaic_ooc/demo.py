@@ -17,7 +17,7 @@ tile's own WCS (SIP included).  Per tile and channel ``c``::
 
     data_c = gain_c * sky_c + offset_c + noise,   noise ~ N(0, 2.5 ADU * sqrt(40 / MT_NFRAMES))
 
-with gains within +-10 % and offsets within +-30 ADU.  ``truth.json`` beside the tiles records
+with gains within +-10 % (``gain_spread``) and offsets within +-30 ADU.  ``truth.json`` beside the tiles records
 the injected gains, offsets, frame counts, SIP flags and the whole sky model, so a test can
 re-render the true sky on any grid (:func:`load_truth`, :meth:`DemoSky.render`).
 """
@@ -104,7 +104,10 @@ class DemoSky:
     @classmethod
     def random(cls, rng: np.random.Generator, *, ra: float, dec: float,
                pixel_scale_arcsec: float,
-               extent_uv: tuple[float, float, float, float]) -> "DemoSky":
+               extent_uv: tuple[float, float, float, float],
+               nebula_detail: int = 0) -> "DemoSky":
+        """A random sky over ``extent_uv``; ``nebula_detail`` adds that many small knots
+        (σ 12-40 px, 40-160 ADU) per 512 x 544 px of area, drawn after everything else."""
         u0, u1, v0, v1 = extent_uv
         area = (u1 - u0) * (v1 - v0)
         n_stars = max(8, int(round(STARS_PER_TILE_AREA * area / (512.0 * 544.0))))
@@ -127,6 +130,16 @@ class DemoSky:
                     "amp": float(rng.uniform(30.0, 110.0)),
                     "rgb": list(colour),
                 })
+        n_knots = int(round(max(0, int(nebula_detail)) * area / (512.0 * 544.0)))
+        for _ in range(n_knots):
+            mix = float(rng.uniform(0.0, 1.0))
+            nebula.append({
+                "u": float(rng.uniform(u0, u1)), "v": float(rng.uniform(v0, v1)),
+                "sx": float(rng.uniform(12.0, 40.0)), "sy": float(rng.uniform(12.0, 40.0)),
+                "theta": float(rng.uniform(0.0, math.pi)),
+                "amp": float(rng.uniform(40.0, 160.0)),
+                "rgb": [mix * a + (1.0 - mix) * b for a, b in zip(colours[0], colours[1])],
+            })
         return cls(ra=float(ra), dec=float(dec), pixel_scale_arcsec=float(pixel_scale_arcsec),
                    sky_level_rgb=np.asarray(SKY_LEVEL_RGB, dtype=np.float64), nebula=nebula,
                    star_u=su, star_v=sv, star_sigma=sigma, star_peak=peak, star_rgb=rgb)
@@ -178,12 +191,16 @@ class DemoSky:
         out[:] = self.sky_level_rgb.reshape((3,) + (1,) * u.ndim)
         for b in self.nebula:
             c, s = math.cos(b["theta"]), math.sin(b["theta"])
-            du, dv = u - b["u"], v - b["v"]
+            reach = 9.0 * max(b["sx"], b["sy"])     # exp(-40.5) ≈ 2.6e-18 of the peak beyond
+            near = (np.abs(u - b["u"]) < reach) & (np.abs(v - b["v"]) < reach)
+            if not near.any():
+                continue
+            du, dv = u[near] - b["u"], v[near] - b["v"]
             a = (c * du + s * dv) / b["sx"]
             e = (-s * du + c * dv) / b["sy"]
             g = b["amp"] * np.exp(-0.5 * (a * a + e * e))
             for ch in range(3):
-                out[ch] += b["rgb"][ch] * g
+                out[ch][near] += b["rgb"][ch] * g
         return out
 
     def evaluate(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -346,14 +363,17 @@ def _sip_flags(sip: bool | Sequence[bool], n: int, rng: np.random.Generator) -> 
 def make_demo_tiles(out_dir: str | Path, *, nx: int = 2, ny: int = 2,
                     tile_hw: tuple[int, int] = (512, 544), overlap: float = 0.3, seed: int = 0,
                     pixel_scale_arcsec: float = 2.4, sip: bool | Sequence[bool] = True,
-                    noise: bool = True, ra: float = 150.0, dec: float = 35.0) -> list[Path]:
+                    noise: bool = True, ra: float = 150.0, dec: float = 35.0,
+                    gain_spread: float = 0.10, nebula_detail: int = 0) -> list[Path]:
     """Write a synthetic ZeMosaic master-tile set and ``truth.json``; return the tile paths.
 
     Tiles are numbered row by row (``index = j * nx + i``, ``i`` along x/RA, ``j`` along
     y/Dec), each centred on its grid position (step ``(1 - overlap)`` times the tile side, a
     jitter of +-3 px) and rotated by less than 0.6 deg.  ``sip=True`` puts SIP on a random
     subset of tiles (always tile 0, never all of them when there are several); a sequence
-    of booleans chooses per tile; ``False`` gives plain TAN everywhere.
+    of booleans chooses per tile; ``False`` gives plain TAN everywhere.  Gains per tile and
+    channel are drawn in ``1 ± gain_spread``; ``nebula_detail`` adds small nebula knots
+    (:meth:`DemoSky.random`).
     """
     if nx < 1 or ny < 1:
         raise ValueError("nx and ny must be >= 1")
@@ -372,7 +392,7 @@ def make_demo_tiles(out_dir: str | Path, *, nx: int = 2, ny: int = 2,
     half_u = 0.5 * ((nx - 1) * step_x + w) + 40.0
     half_v = 0.5 * ((ny - 1) * step_y + h) + 40.0
     sky = DemoSky.random(rng, ra=ra, dec=dec, pixel_scale_arcsec=pixel_scale_arcsec,
-                         extent_uv=(-half_u, half_u, -half_v, half_v))
+                         extent_uv=(-half_u, half_u, -half_v, half_v), nebula_detail=nebula_detail)
     ref = sky.ref_wcs
 
     sip_flags = _sip_flags(sip, n, rng)
@@ -395,7 +415,7 @@ def make_demo_tiles(out_dir: str | Path, *, nx: int = 2, ny: int = 2,
                 sip_terms, sip_max = _sip_terms(rng, (h, w), crpix, float(rng.uniform(0.7, 1.1)))
             nf = int(nframes[idx])
             nraw = nf + int(rng.integers(0, 5))
-            gain = rng.uniform(0.9, 1.1, 3)
+            gain = rng.uniform(1.0 - gain_spread, 1.0 + gain_spread, 3)
             offset = rng.uniform(-30.0, 30.0, 3)
             band = [int(b) for b in rng.integers(1, 6, 4)]
             ramp = int(rng.integers(8, 17))
@@ -438,6 +458,7 @@ def make_demo_tiles(out_dir: str | Path, *, nx: int = 2, ny: int = 2,
         "seed": int(seed), "nx": int(nx), "ny": int(ny), "tile_hw": [h, w],
         "overlap": float(overlap), "pixel_scale_arcsec": float(pixel_scale_arcsec),
         "ra": float(ra), "dec": float(dec), "noise": bool(noise),
+        "gain_spread": float(gain_spread), "nebula_detail": int(nebula_detail),
         "model": "data_c = gain_c * sky_c + offset_c + N(0, noise_sigma); 0 where ALPHA == 0",
         "files": [p.name for p in paths],
         "gains": [r["injected"]["gain_rgb"] for r in records],

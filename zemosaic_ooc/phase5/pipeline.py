@@ -32,6 +32,7 @@ from ..store.mosaic import MosaicStore
 from ..store.tiles import TileStore, ingest_tiles
 from .background import background_offsets
 from .calibrate import CalibrationResult, calibrate
+from .corrected import corrected_calibration, corrected_to_json
 from .coadd import coadd_block, union_bbox
 from .finish import alpha_source_index, alpha_u8, autocrop_window, finish_values
 from .grid import Box, compute_output_grid, grid_from_header, halo_superblocks, iter_blocks, reproject_box
@@ -84,7 +85,16 @@ class RunSummary:
         if self.steps_skipped:
             lines.append(f"  not run     {', '.join(self.steps_skipped)}")
         cal = self.calibration
-        if cal:
+        if cal and cal.get("mode") == "corrected":
+            per_tile = "; ".join("(" + ", ".join(f"{g:.4f}" for g in gs) + " | "
+                                 + ", ".join(f"{o:+.2f}" for o in os_) + ")"
+                                 for gs, os_ in zip(cal.get("gains_rgb", []), cal.get("offsets_rgb", [])))
+            lines.append(f"  inter-tile  corrected photometry, {cal.get('status')}: per tile "
+                         f"(gain R, G, B | offset R, G, B ADU): {per_tile}")
+            if len(cal.get("components", [])) > 1 or cal.get("isolated"):
+                lines.append(f"              {len(cal.get('components', []))} component(s) calibrated "
+                             f"separately; uncalibrated: {', '.join(cal.get('isolated_tile_ids', [])) or 'none'}")
+        elif cal:
             gains = ", ".join(f"{g:.4f}" for g in cal.get("gains", []))
             offsets = ", ".join(f"{o:+.3f}" for o in cal.get("offsets", []))
             lines.append(f"  inter-tile  {cal.get('status')}: gains [{gains}] offsets [{offsets}] ADU")
@@ -476,7 +486,18 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     else:
         calibration = CalibrationResult(gains=[1.0] * len(tiles), offsets=[0.0] * len(tiles),
                                         applied=False, status="disabled")
-        if calibration_runs:
+        calibration_json = None
+        if calibration_runs and str(opts.photometry) == "corrected":
+            progress.start("calibrate", 1, unit="pair")
+            corrected = corrected_calibration(
+                backend, tile_store, tiles, out_grid, strip_pixels=strip_pixels(int(opts.memory_budget)),
+                progress=lambda k, n: (progress.advance("calibrate", 0), rss.sample()))
+            progress.finish("calibrate")
+            if corrected.applied:
+                for tile, g, o in zip(tiles, corrected.gains_rgb, corrected.offsets_rgb):
+                    tile.gain_rgb, tile.offset_rgb = [float(v) for v in g], [float(v) for v in o]
+            calibration_json = corrected_to_json(corrected, [t.tile_id for t in tiles])
+        elif calibration_runs:
             source = StoreCalibrationSource(backend, tile_store, tiles, int(opts.intertile_preview_size))
             progress.start("calibrate", 1, unit="pair")
             calibration = calibrate(backend, [geometry(t) for t in tiles], [t.tile_id for t in tiles],
@@ -485,7 +506,8 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
             progress.finish("calibrate")
             for tile, g, o in zip(tiles, calibration.gains, calibration.offsets):
                 tile.gain, tile.offset = float(g), float(o)
-        calibration_json = calibration.to_json()
+        if calibration_json is None:
+            calibration_json = calibration.to_json()
         save_state("calibrate", calibration=calibration_json, tiles=[t.to_json() for t in tiles])
     stages.append(("calibrate", time.perf_counter() - t0))
     rss.sample()

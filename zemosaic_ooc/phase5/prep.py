@@ -44,6 +44,8 @@ class TilePlan:
     bg_offsets: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # §4.4, per channel
     two_pass_gain: float = 1.0         # §6.4
     bg_offsets_pass2: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    gain_rgb: list[float] | None = None    # corrected photometry: per-channel gain (R, G, B)
+    offset_rgb: list[float] | None = None  # corrected photometry: per-channel offset (ADU)
 
     @property
     def cropped_hw(self) -> tuple[int, int]:
@@ -122,7 +124,7 @@ def prepare_region(backend: Backend, raw_data: Any, raw_alpha: Any | None, tile:
     """§2.4–§2.8 and §3.9 P9 on a region: returns (data, mask m, weight ω).
 
     data: (C, h, w) float32 with zero fill (§2.4), the §2.8 NaN fill when the
-    calibration ran, then ×gain, +offset; m: (h, w) float32 (§2.5);
+    calibration ran, then ×gain, +offset (per channel in the corrected mode); m: (h, w) float32 (§2.5);
     ω: (h, w) float64 = w·τ (§4.1), or None without ``want_weight``.
     """
     xp = backend.xp
@@ -138,7 +140,11 @@ def prepare_region(backend: Backend, raw_data: Any, raw_alpha: Any | None, tile:
         base_weight = xp.clip(xp.nan_to_num(mask), 0.0, 1.0)
     if tile.nan_threshold is not None:
         data[:, ~(mask > tile.nan_threshold)] = xp.nan
-    if apply_gain_offset:
+    if apply_gain_offset and tile.gain_rgb is not None:
+        # corrected photometry (phase5/corrected.py): one gain and offset per channel
+        data *= backend.asarray(np.asarray(tile.gain_rgb, dtype=np.float32))[:, None, None]
+        data += backend.asarray(np.asarray(tile.offset_rgb, dtype=np.float32))[:, None, None]
+    elif apply_gain_offset:
         if tile.gain != 1.0:
             data *= xp.float32(tile.gain)   # python-float semantics: a float32 loop
         if tile.offset != 0.0:

@@ -27,7 +27,7 @@ from . import figures
 from .footprints import TileFootprint, tile_footprints
 from .reading import get_array, open_journal, open_store, parse_block, strided, window_of
 from .stretch import auto_stretch
-from .seams import DEFAULT_N_SIGMA, DEFAULT_REL_THRESHOLD, SeamResult, seam_check
+from .seams import DEFAULT_N_SIGMA, DEFAULT_REL_THRESHOLD, SeamResult, seam_check, seam_metric, seam_metric_stderr
 
 SECTIONS = ("preview", "coverage", "tiles", "blocks", "seams", "run")
 SECTION_TITLES = {
@@ -37,6 +37,7 @@ SECTION_TITLES = {
     "blocks": "Block map",
     "seams": "Seam check",
     "run": "Run facts",
+    "modes": "Photometry modes: seam check of this run and of the other mode",
 }
 
 
@@ -54,6 +55,7 @@ class ReportResult:
     preview_hw: tuple[int, int] = (0, 0)
     sky_range: list[float] = field(default_factory=list)
     rel_threshold: float = DEFAULT_REL_THRESHOLD
+    mode_comparison: Any = None      # .modes.ModeComparison with --compare-modes
 
     def format(self) -> str:
         lines = [f"zemosaic-ooc: report written -> {self.html_path}",
@@ -64,6 +66,9 @@ class ReportResult:
         for s in self.flagged:
             steps = ", ".join(f"{100 * v:+.1f} %" for v in s.rel_step)
             lines.append(f"  flagged     {s.name}: step {steps} of the range (R, G, B)")
+        if self.mode_comparison is not None:
+            lines.append("  photometry modes (same request, same seam check):")
+            lines.extend(self.mode_comparison.lines())
         return "\n".join(lines)
 
 
@@ -249,8 +254,12 @@ def _tiles_section(imgs: _Images, attrs: dict, footprints: Sequence[TileFootprin
         tpg = t.get("two_pass_gain")
         if k < len(tp_gains) and tp_gains[k] is not None:
             tpg = tp_gains[k]
+        gain, offset = t.get("gain"), t.get("offset")
+        if t.get("gain_rgb") is not None:       # corrected photometry: per channel
+            gain = " / ".join(f"{v:.4f}" for v in t["gain_rgb"])
+            offset = " / ".join(f"{v:+.2f}" for v in t["offset_rgb"])
         rows.append([t.get("tile_id", k), t.get("shape_hw"), t.get("crop_hw"), t.get("box"),
-                     t.get("tau"), t.get("gain"), t.get("offset"), bg[0], bg[1], bg[2],
+                     t.get("tau"), gain, offset, bg[0], bg[1], bg[2],
                      tpg if two_pass.get("ran") else None, bg2[0], bg2[1], bg2[2],
                      t.get("empty_flag")])
     parts = [_table(["tile", "shape (H, W)", "crop (dh, dw)", "box on grid [y0, y1, x0, x1]",
@@ -259,6 +268,16 @@ def _tiles_section(imgs: _Images, attrs: dict, footprints: Sequence[TileFootprin
                      "pass-2 bg B", "empty"], rows, cls="num")]
     status = cal.get("status", "-")
     reasons = cal.get("guard_reasons") or []
+    if cal.get("mode") == "corrected":
+        comps = cal.get("component_tile_ids") or []
+        isolated = cal.get("isolated_tile_ids") or []
+        parts.append("<p>Photometry: <b>corrected</b> (per-channel gains and offsets, R / G / B in the "
+                     f"table). Overlap graph: {len(comps)} calibrated component(s)"
+                     + (": " + "; ".join("[" + ", ".join(map(_esc, c)) + "]" for c in comps) if len(comps) > 1 else "")
+                     + (f'; <span class="bad">uncalibrated (no usable overlap): {_esc(", ".join(isolated))}</span>'
+                        if isolated else "")
+                     + (' <span class="bad">(each component is levelled on its own)</span>' if len(comps) > 1 else "")
+                     + ".</p>")
     parts.append(f"<p>Inter-tile calibration: <b>{_esc(status)}</b>"
                  + (f", anchor tile {_esc(cal.get('anchor'))}" if cal.get("anchor") is not None else "")
                  + (f"; under-constrained guard: {_esc(', '.join(map(str, reasons)))}" if reasons else "")
@@ -288,7 +307,12 @@ def _tiles_section(imgs: _Images, attrs: dict, footprints: Sequence[TileFootprin
             return vals
         tp = [(tp_gains[fp.index] if fp.index < len(tp_gains) else t.get("two_pass_gain"))
               if two_pass.get("ran") else None for fp, t in zip(footprints, fp_tiles)]
-        panels = [("inter-tile gain", col("gain")), ("inter-tile offset (ADU)", col("offset")),
+        if any(t.get("gain_rgb") is not None for t in fp_tiles):
+            gain_panel = ("inter-tile gain G (corrected)", [(t.get("gain_rgb") or [None] * 3)[1] for t in fp_tiles])
+            offset_panel = ("inter-tile offset G (ADU)", [(t.get("offset_rgb") or [None] * 3)[1] for t in fp_tiles])
+        else:
+            gain_panel, offset_panel = ("inter-tile gain", col("gain")), ("inter-tile offset (ADU)", col("offset"))
+        panels = [gain_panel, offset_panel,
                   ("background offset R (ADU)", col("bg_offsets", 0)),
                   ("background offset G (ADU)", col("bg_offsets", 1)),
                   ("background offset B (ADU)", col("bg_offsets", 2)),
@@ -510,6 +534,68 @@ nav a{margin-right:1em}code{background:#f4f4f4;padding:0 3px}
 """
 
 
+@dataclass
+class StoreSeams:
+    """The seam check of a finished store and the sky facts it is measured against."""
+
+    seams: list[SeamResult]
+    sky_range: list[float]           # P99 − P1 per channel (strided preview)
+    sky_level: list[float]           # median per channel over the valid preview pixels
+    metric: float                    # :func:`~.seams.seam_metric`
+    metric_stderr: float             # :func:`~.seams.seam_metric_stderr`
+
+    @property
+    def flagged(self) -> list[SeamResult]:
+        return [s for s in self.seams if s.flagged]
+
+    @property
+    def colour(self) -> list[float]:
+        """Sky colour: the R/G and B/G ratios of the sky levels."""
+        r, g, b = self.sky_level[:3]
+        return [r / g, b / g] if g else [float("nan"), float("nan")]
+
+
+def store_seams(store_path: str | Path, *, max_side: int = 1024,
+                rel_threshold: float = DEFAULT_REL_THRESHOLD,
+                n_sigma: float = DEFAULT_N_SIGMA) -> StoreSeams:
+    """The seam check of a finished store alone (no HTML), in the report's bounded memory."""
+    store_path = Path(store_path)
+    try:
+        group = open_store(store_path)
+    except Exception as exc:
+        raise StoreError(f"{store_path}: cannot open the mosaic store ({exc})") from exc
+    mosaic = get_array(group, "mosaic")
+    if mosaic is None or mosaic.ndim != 3:
+        raise StoreError(f"{store_path}: no finished mosaic in the store")
+    attrs = dict(group.attrs)
+    shape_hw = (int(mosaic.shape[0]), int(mosaic.shape[1]))
+    window = window_of(group, shape_hw)
+    stride = max(1, int(math.ceil(max(window[1] - window[0], window[3] - window[2]) / float(max_side))))
+    rgb = strided(mosaic, window, stride, dtype=np.float32)
+    sky = sky_statistics(rgb)
+    valid = np.isfinite(rgb).all(axis=-1)
+    level = [float(np.median(rgb[..., c][valid])) if valid.any() else float("nan")
+             for c in range(rgb.shape[-1])]
+    del rgb
+    seams = seam_check(mosaic, tile_footprints(attrs), window, sky[2], rel_threshold=rel_threshold,
+                       n_sigma=n_sigma)
+    return StoreSeams(seams=seams, sky_range=list(sky[2]), sky_level=level, metric=seam_metric(seams),
+                      metric_stderr=seam_metric_stderr(seams))
+
+
+def _modes_section(comparison: Any) -> str:
+    rows = []
+    for mode, s in comparison.results.items():
+        rows.append([mode + (" (this run)" if mode == comparison.run_mode else ""),
+                     f"{s.metric:.5f} ± {s.metric_stderr:.5f}", f"{len(s.flagged)} of {len(s.seams)}",
+                     ", ".join(f"{v:.2f}" for v in s.sky_level), f"{s.colour[0]:.4f}", f"{s.colour[1]:.4f}"])
+    return ("<p>The same request (tiles, options, grid) run in both photometry modes and measured by "
+            "the same seam check. Seam metric: RMS over boundaries (with ≥ 16 edge points) and "
+            "channels of step / (P99 − P1), ± its standard error; sky level: median per channel.</p>"
+            + _table(["photometry", "seam metric", "flagged", "sky level R, G, B (ADU)", "sky R/G",
+                      "sky B/G"], rows, cls="num"))
+
+
 # ---------------------------------------------------------------------------------- main
 
 def default_html_path(store_path: str | Path) -> Path:
@@ -521,12 +607,13 @@ def default_html_path(store_path: str | Path) -> Path:
 
 def build_report(store_path: str | Path, html_path: str | Path | None = None, *,
                  max_side: int = 1024, rel_threshold: float = DEFAULT_REL_THRESHOLD,
-                 n_sigma: float = DEFAULT_N_SIGMA) -> ReportResult:
+                 n_sigma: float = DEFAULT_N_SIGMA, compare_modes: bool = False) -> ReportResult:
     """Write the HTML report of a finished mosaic store (and its PNGs beside it).
 
     ``max_side`` bounds the longer side of the preview and maps (the mosaic window is read
     with the integer stride that achieves it).  ``rel_threshold`` and ``n_sigma`` set when
-    the seam check flags a boundary.  Raises :class:`~zemosaic_ooc.errors.StoreError` when
+    the seam check flags a boundary.  ``compare_modes`` adds the seam check of the same
+    request run in the other photometry mode (:mod:`.modes`; reads the input tiles again).  Raises :class:`~zemosaic_ooc.errors.StoreError` when
     the path is not a mosaic store.
     """
     store_path = Path(store_path)
@@ -572,6 +659,14 @@ def build_report(store_path: str | Path, html_path: str | Path | None = None, *,
                                    n_sigma, sky)
     del linked8
     body["run"] = _run_section(imgs, attrs, store_path, cov_facts)
+    sections = list(SECTIONS)
+    comparison = None
+    if compare_modes:
+        from .modes import compare_photometry_modes
+        comparison = compare_photometry_modes(store_path, work_dir=html_path.parent, max_side=max_side,
+                                              rel_threshold=rel_threshold, n_sigma=n_sigma)
+        body["modes"] = _modes_section(comparison)
+        sections.append("modes")
 
     flagged = [s for s in seams if s.flagged]
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -583,16 +678,17 @@ def build_report(store_path: str | Path, html_path: str | Path | None = None, *,
             f"Seam check: <span class=\"{'bad' if flagged else 'good'}\">{len(flagged)} of "
             f"{len(seams)} boundaries flagged</span>. Report made {now} by zemosaic-ooc.</p>")
     nav = "<nav>" + "".join(f'<a href="#{k}">{_esc(SECTION_TITLES[k].split(":")[0])}</a>'
-                            for k in SECTIONS) + "</nav>"
+                            for k in sections) + "</nav>"
     doc = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
            f"<title>zemosaic-ooc report: {_esc(store_path.name)}</title>"
            f"<style>{_CSS}</style></head><body>\n"
            f"<h1>zemosaic-ooc report: {_esc(store_path.name)}</h1>\n{head}\n{nav}\n"
-           + "\n".join(_section(k, body[k]) for k in SECTIONS)
+           + "\n".join(_section(k, body[k]) for k in sections)
            + "\n</body></html>\n")
     tmp = html_path.with_name(html_path.name + ".partial")
     tmp.write_text(doc, encoding="utf-8")
     os.replace(tmp, html_path)
     return ReportResult(html_path=html_path, images=dict(imgs.paths), image_sizes=dict(imgs.sizes),
-                        seams=list(seams), flagged=flagged, sections=list(SECTIONS), stride=stride,
-                        preview_hw=preview_hw, sky_range=list(sky[2]), rel_threshold=rel_threshold)
+                        seams=list(seams), flagged=flagged, sections=sections, stride=stride,
+                        preview_hw=preview_hw, sky_range=list(sky[2]), rel_threshold=rel_threshold,
+                        mode_comparison=comparison)

@@ -209,3 +209,36 @@ def seam_check(mosaic, footprints: Sequence[TileFootprint], window: tuple[int, i
                 stderr=stderr, sky_range=sky_range[:n_ch], rel_step=rel, threshold=thr,
                 flagged=flagged, mid_xy=(float(gx[mid]), float(gy[mid])), xs=gx, ys=gy))
     return results
+
+
+def seam_metric(seams: Sequence[SeamResult]) -> float:
+    """One number for a mosaic's seams: the RMS over boundaries and channels of step / (P99 − P1).
+
+    Boundaries with fewer than :data:`MIN_POINTS_TO_FLAG` edge points (a corner grazing
+    another tile) are left out, as the check never flags them: their step is mostly noise.
+    NaN when no boundary could be measured.  Lower is better; a step of 1 % of the range on
+    every boundary gives 0.01.
+    """
+    values = [v for s in seams if s.n_points >= MIN_POINTS_TO_FLAG
+              for v in s.rel_step if math.isfinite(v)]
+    if not values:
+        return float("nan")
+    return float(math.sqrt(sum(v * v for v in values) / len(values)))
+
+
+def seam_metric_stderr(seams: Sequence[SeamResult]) -> float:
+    """Standard error of :func:`seam_metric` from each boundary's own standard error.
+
+    With m² = mean(r²) over N steps r (each with standard error e), var(r²) ≈ 4·r²·e², so
+    se(m) ≈ sqrt(Σ 4·r²·e²) / (2·N·m).  Two metrics closer than about twice their combined
+    standard error are the same within the measurement's noise.
+    """
+    terms = [(r, e / s.sky_range[c]) for s in seams if s.n_points >= MIN_POINTS_TO_FLAG
+             for c, (r, e) in enumerate(zip(s.rel_step, s.stderr))
+             if math.isfinite(r) and c < len(s.sky_range) and s.sky_range[c] > 0]
+    if not terms:
+        return float("nan")
+    metric = math.sqrt(sum(r * r for r, _ in terms) / len(terms))
+    if metric == 0:
+        return 0.0
+    return math.sqrt(sum(4.0 * r * r * e * e for r, e in terms)) / (2.0 * len(terms) * metric)
