@@ -121,3 +121,54 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def write_oracle_tiles(tile_paths: list[Path], injected: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """Copies of the tiles with the injected photometry undone: (data − offset_c) / gain_c.
+
+    ``injected[t]`` holds ``gain_rgb`` and ``offset_rgb_adu`` (a fixture's ``ref.json`` tiles or a
+    demo's ``truth.json`` records).  Pixels with data 0 outside the ALPHA footprint stay 0.  A
+    mosaic of these tiles with the calibration off is the truth up to the background matching's
+    per-channel constants: the reference for a colour balance (:func:`colour_balance`).
+    """
+    from astropy.io import fits
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path, inj in zip(tile_paths, injected):
+        with fits.open(path) as hdul:
+            data = hdul[0].data.astype(np.float64)
+            gain = np.asarray(inj["gain_rgb"], dtype=np.float64)[:, None, None]
+            offset = np.asarray(inj["offset_rgb_adu"], dtype=np.float64)[:, None, None]
+            footprint = np.any(data != 0, axis=0)
+            fixed = np.where(footprint, (data - offset) / gain, 0.0).astype(np.float32)
+            hdus = [fits.PrimaryHDU(data=fixed, header=hdul[0].header)]
+            hdus += [fits.ImageHDU(data=h.data, header=h.header, name=h.name) for h in hdul[1:]]
+            target = out / Path(path).name
+            fits.HDUList(hdus).writeto(target, overwrite=True)
+            written.append(target)
+    return written
+
+
+def colour_balance(mosaic: np.ndarray, oracle: np.ndarray) -> np.ndarray:
+    """Per-channel slope of ``mosaic`` against the ``oracle`` mosaic (both (H, W, 3)).
+
+    Least squares ``mosaic_c = s_c·oracle_c + b_c`` over pixels valid in both, with one 5σ
+    clipping round.  The colour balance shift is ``s_R/s_G − 1`` and ``s_B/s_G − 1``: a
+    change of the channels' relative scale, free of the per-channel additive constants
+    that no calibration can know.
+    """
+    valid = np.isfinite(mosaic).all(-1) & np.isfinite(oracle).all(-1)
+    slopes = np.zeros(3)
+    for c in range(3):
+        x = oracle[..., c][valid].astype(np.float64)
+        y = mosaic[..., c][valid].astype(np.float64)
+        keep = np.ones(x.size, dtype=bool)
+        for _ in range(2):
+            s, b = np.polyfit(x[keep], y[keep], 1)
+            resid = y - (s * x + b)
+            sigma = 1.4826 * np.median(np.abs(resid[keep] - np.median(resid[keep])))
+            keep = np.abs(resid) <= 5.0 * max(sigma, 1e-12)
+        slopes[c] = s
+    return slopes
