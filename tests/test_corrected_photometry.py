@@ -224,3 +224,31 @@ def test_tile_without_overlap_stays_uncalibrated_and_is_named(tmp_path, caplog):
     assert cal["isolated"] == [2] and cal["components"] == [[0, 1]]
     assert cal["gains_rgb"][2] == [1.0, 1.0, 1.0] and cal["offsets_rgb"][2] == [0.0, 0.0, 0.0]
     assert "tile:2" in caplog.text and "no usable overlap" in caplog.text
+
+
+# --------------------------------------------------------------------------- device path
+def test_corrected_mode_is_the_same_on_the_device_path_with_oom_replays(tmp_path):
+    """Per-channel gains are plan scalars: a device run (numpy standing in) with injected
+    OOMs, replayed on the CPU, gives the CPU run's mosaic."""
+    from zemosaic_ooc.backend import DeviceOutOfMemory, numpy_as_device_backend
+
+    from conftest import require_fixtures
+    from golden import assert_same_mosaic, read_store_window
+
+    dirs = require_fixtures()
+    chosen = [d for d in dirs if d.name == "zemosaic_ref_2x2_rich"] or dirs
+    tiles = sorted(chosen[0].glob("master_tile_*.fits"))
+    options = {"photometry": "corrected", "block_size": 128}
+    _run(tiles, tmp_path / "cpu.zarr", **options)
+
+    def inject(stage, box, device):
+        if stage in ("pass1", "pass2") and tuple(box)[:2] == (0, 128):
+            raise DeviceOutOfMemory("out of memory (injected)")
+
+    out = tmp_path / "device.zarr"
+    shutil.rmtree(out, ignore_errors=True)
+    summary = run_pipeline(tiles, out, Phase5Options.from_mapping(options),
+                           device=numpy_as_device_backend(), fault_injector=inject)
+    assert summary.device["replays"] >= 2
+    assert summary.calibration["mode"] == "corrected"
+    assert_same_mosaic(read_store_window(out), read_store_window(tmp_path / "cpu.zarr"))

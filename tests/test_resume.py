@@ -163,3 +163,19 @@ def test_durable_run_resumes_like_any_other(tiles, reference, tmp_path):
     assert killed.returncode == -9
     assert _cli(["resume", str(out)]).returncode == 0
     _assert_same(out, reference)
+
+
+@pytest.mark.parametrize("kill_at", ["calibrate:3", "after-calibrate:1", "pass1:5"])
+def test_corrected_photometry_run_resumes_to_the_uninterrupted_result(kill_at, tiles, tmp_path):
+    """The per-channel gains of the corrected mode survive a kill (they live in the run state)."""
+    ref_out = tmp_path / "ref.zarr"
+    proc = _cli(["run", *tiles, "-o", str(ref_out), "--block-size", "128", "--photometry", "corrected"])
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out.zarr"
+    killed = _cli(["run", *tiles, "-o", str(out), "--block-size", "128", "--photometry", "corrected"],
+                  kill_at)
+    assert killed.returncode == -9, (kill_at, killed.returncode, killed.stderr[-2000:])
+    resumed = _cli(["resume", str(out)])
+    assert resumed.returncode == 0, (kill_at, resumed.stderr[-3000:])
+    _assert_same(out, read_store_window(ref_out))
+    assert zarr.open_group(str(out), mode="r").attrs["run_state"]["calibration"]["mode"] == "corrected"

@@ -437,7 +437,7 @@ _FIELD_SPECS: tuple[_Spec, ...] = (
           "--durable"),
     _ours("overwrite", _bool(), "replace an existing output store instead of refusing", "--overwrite"),
     _ours("photometry", _choice(("zemosaic", "corrected")),
-          "'zemosaic': reproduce ZeMosaic's CPU photometry; 'corrected': the port's corrected variant",
+          "'zemosaic': reproduce ZeMosaic's CPU photometry; 'corrected': per-channel inter-tile gains/offsets from true overlaps (docs/corrected_photometry.md)",
           "--photometry"),
     _ours("grid", _path(optional=True),
           "FITS header file giving the output grid (null: compute it as Phase 4 does)", "--grid"),

@@ -491,7 +491,8 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
             progress.start("calibrate", 1, unit="pair")
             corrected = corrected_calibration(
                 backend, tile_store, tiles, out_grid, strip_pixels=strip_pixels(int(opts.memory_budget)),
-                progress=lambda k, n: (progress.advance("calibrate", 0), rss.sample()))
+                progress=lambda k, n: (progress.advance("calibrate", 0), rss.sample(),
+                                       _kill_point("calibrate", k)))
             progress.finish("calibrate")
             if corrected.applied:
                 for tile, g, o in zip(tiles, corrected.gains_rgb, corrected.offsets_rgb):
