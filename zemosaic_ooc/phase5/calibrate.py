@@ -21,6 +21,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from ..backend import Backend
+from .graph import DisjointSets
 from .grid import OverlapPair, clamped_boxes, overlap_pairs_with_cascade
 from .mapping import TileGeometry, output_to_tile
 from .resample import region_bounds, sample_bilinear
@@ -526,24 +527,17 @@ def prune_pairs(pairs: list[OverlapPair], n_tiles: int, k: int) -> list[OverlapP
     for t in range(n_tiles):
         incident = [p for p in order if p.i == t or p.j == t][:k]
         keep.update((p.i, p.j) for p in incident)
-    parent = list(range(n_tiles))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
+    sets = DisjointSets(n_tiles)
     for p in order:
         if (p.i, p.j) in keep:
-            parent[find(p.i)] = find(p.j)
+            sets.union(p.i, p.j)
     active = {p.i for p in pairs} | {p.j for p in pairs}
     for p in order:
-        if len({find(t) for t in active}) <= 1:
+        if sets.n_groups(active) <= 1:
             break
-        if find(p.i) != find(p.j):
+        if sets.find(p.i) != sets.find(p.j):
             keep.add((p.i, p.j))
-            parent[find(p.i)] = find(p.j)
-    if len({find(t) for t in active}) > 1:
+            sets.union(p.i, p.j)
+    if sets.n_groups(active) > 1:
         return list(pairs)
     return [p for p in pairs if (p.i, p.j) in keep]

@@ -47,6 +47,7 @@ import numpy as np
 from ..backend import Backend
 from ..store.tiles import TileStore
 from .coadd import tile_samples
+from .graph import DisjointSets
 from .grid import Box, intersect
 from .mapping import OutputGrid
 from .prep import TilePlan
@@ -327,20 +328,10 @@ def fit_pair_channels(i: int, j: int, samples: PairSamples, *, plane_terms: bool
 # --------------------------------------------------------------------------- solve
 def connected_components(n_tiles: int, edges: Sequence[tuple[int, int]]) -> list[list[int]]:
     """Connected components (sorted lists, ordered by their first tile) of an undirected graph."""
-    parent = list(range(n_tiles))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
+    sets = DisjointSets(n_tiles)
     for a, b in edges:
-        parent[find(a)] = find(b)
-    groups: dict[int, list[int]] = {}
-    for t in range(n_tiles):
-        groups.setdefault(find(t), []).append(t)
-    return sorted(groups.values(), key=lambda g: g[0])
+        sets.union(a, b)
+    return sets.groups()
 
 
 def _weighted_lstsq(rows: list[tuple[dict[int, float], float, float]], columns: list[int]) -> np.ndarray:
@@ -358,6 +349,29 @@ def _weighted_lstsq(rows: list[tuple[dict[int, float], float, float]], columns: 
     return solution
 
 
+def _solve_differences(component: Sequence[int], anchor: int, fits: Sequence[CorrectedPairFit],
+                       equation: Callable[[CorrectedPairFit], tuple[float, float]],
+                       prior_weight: float = 0.0) -> dict[int, float]:
+    """Weighted least squares for ``v_i − v_j = value`` over the component's pairs, with
+    ``v_anchor = 0`` a hard constraint; ``equation(fit)`` gives (value, weight); an optional
+    prior ``v_t = 0`` of weight ``prior_weight`` on every other tile."""
+    members = set(component)
+    free = [t for t in component if t != anchor]
+    values = {anchor: 0.0}
+    if not free:
+        return values
+    rows = []
+    for f in fits:
+        if f.i in members:
+            value, weight = equation(f)
+            rows.append(({f.i: 1.0, f.j: -1.0}, value, weight))
+    if prior_weight > 0:
+        rows += [({t: 1.0}, 0.0, prior_weight) for t in free]
+    for t, value in zip(free, _weighted_lstsq(rows, free)):
+        values[t] = float(value)
+    return values
+
+
 def solve_component(component: Sequence[int], fits: Sequence[CorrectedPairFit], channel: int,
                     anchor: int) -> dict[int, tuple[float, float]]:
     """Gains and offsets of one component in one channel: {tile: (G, O)}.
@@ -367,35 +381,22 @@ def solve_component(component: Sequence[int], fits: Sequence[CorrectedPairFit], 
     offsets mean 0.  A weak prior ℓ_t = 0 (σ = 0.5) keeps a gain that no pair
     constrains (all overlaps flat) at 1 instead of leaving it undetermined.
     """
-    members = set(component)
-    free = [t for t in component if t != anchor]
-    log_gain = {anchor: 0.0}
-    if free:
-        rows = []
-        for f in fits:
-            if f.i not in members:
-                continue
-            ch = f.channels[channel]
-            se = max(ch.slope_se / ch.slope, 1e-9)
-            rows.append(({f.i: 1.0, f.j: -1.0}, math.log(ch.slope), 1.0 / (se * se)))
-        for t in free:
-            rows.append(({t: 1.0}, 0.0, 1.0 / GAIN_PRIOR_SIGMA ** 2))
-        for t, value in zip(free, _weighted_lstsq(rows, free)):
-            log_gain[t] = float(value)
+    def gain_equation(f: CorrectedPairFit) -> tuple[float, float]:
+        ch = f.channels[channel]
+        se = max(ch.slope_se / ch.slope, 1e-9)            # se of log a
+        return math.log(ch.slope), 1.0 / (se * se)
+
+    log_gain = _solve_differences(component, anchor, fits, gain_equation,
+                                  prior_weight=1.0 / GAIN_PRIOR_SIGMA ** 2)
     gain = {t: math.exp(v) for t, v in log_gain.items()}
-    offset = {anchor: 0.0}
-    if free:
-        rows = []
-        for f in fits:
-            if f.i not in members:
-                continue
-            ch = f.channels[channel]
-            # equal mean levels over the pair's kept bins: G_i·x̄ + O_i = G_j·ȳ + O_j
-            value = gain[f.j] * ch.mean_y - gain[f.i] * ch.mean_x
-            se = max(ch.level_se * max(gain[f.i], gain[f.j]), 1e-9)
-            rows.append(({f.i: 1.0, f.j: -1.0}, value, 1.0 / (se * se)))
-        for t, value in zip(free, _weighted_lstsq(rows, free)):
-            offset[t] = float(value)
+
+    def offset_equation(f: CorrectedPairFit) -> tuple[float, float]:
+        ch = f.channels[channel]
+        # equal mean levels over the pair's kept bins: G_i·x̄ + O_i = G_j·ȳ + O_j
+        se = max(ch.level_se * max(gain[f.i], gain[f.j]), 1e-9)
+        return gain[f.j] * ch.mean_y - gain[f.i] * ch.mean_x, 1.0 / (se * se)
+
+    offset = _solve_differences(component, anchor, fits, offset_equation)
     scale = math.exp(-float(np.mean([log_gain[t] for t in component])))
     shift = -float(np.mean([scale * offset[t] for t in component]))
     return {t: (scale * gain[t], scale * offset[t] + shift) for t in component}
