@@ -211,6 +211,7 @@ def run_child(args: list[str], timeout: float | None = None) -> dict[str, Any]:
 
 def worker_ours(ns: argparse.Namespace) -> dict[str, Any]:
     import numpy  # noqa: F401  (baseline: the same imports the pipeline needs)
+    import reproject.mosaicking  # noqa: F401  (the grid (§1.1) uses it; the anchor imports it too)
     from zemosaic_ooc.options import Phase5Options
     from zemosaic_ooc.phase5.pipeline import run_pipeline
     baseline = peak_rss_bytes()

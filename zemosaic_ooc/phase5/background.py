@@ -9,13 +9,14 @@ least-squares system directly (its SGD converges to the same solution).
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 from typing import Callable, Sequence
 
 import numpy as np
 
 from ..backend import Backend
 from ..store.tiles import TileStore
-from .coadd import tile_samples
+from .coadd import open_view
 from .grid import Box
 from .mapping import DEFAULT_CONTROL_STEP, OutputGrid
 from .prep import TilePlan
@@ -29,7 +30,11 @@ def boxes_overlap(a: Box, b: Box) -> bool:
 def pair_offset(backend: Backend, store: TileStore, tile_s: TilePlan, tile_t: TilePlan,
                 grid: OutputGrid, *, strip_pixels: int = 1 << 20, two_pass: bool = False,
                 step: int = DEFAULT_CONTROL_STEP) -> list[float]:
-    """O_st per channel: median of d_s − d_t over the overlap (NaN when it is empty)."""
+    """O_st per channel: median of d_s − d_t over the overlap (NaN when it is empty).
+
+    The overlap is walked in strips of about ``strip_pixels``; in each, both tiles are
+    mapped and read once (:func:`~.coadd.open_view`) and sampled chunk by chunk.
+    """
     y0 = max(tile_s.box[0], tile_t.box[0])
     y1 = min(tile_s.box[1], tile_t.box[1])
     x0 = max(tile_s.box[2], tile_t.box[2])
@@ -38,20 +43,20 @@ def pair_offset(backend: Backend, store: TileStore, tile_s: TilePlan, tile_t: Ti
     pieces: list[list[np.ndarray]] = [[], [], []]
     for sy0 in range(y0, y1, rows_per_strip):
         strip = (sy0, min(y1, sy0 + rows_per_strip), x0, x1)
-        contrib = []
-        for tile in (tile_s, tile_t):
-            c, _ = tile_samples(backend, store, tile, grid, strip, step=step,
-                                gain_override=tile.two_pass_gain if two_pass else None,
-                                binary_weights=two_pass)
-            contrib.append(c)
-        if contrib[0] is None or contrib[1] is None:
+        views = [open_view(backend, store, tile, grid, strip, step=step,
+                           gain_override=tile.two_pass_gain if two_pass else None,
+                           binary_weights=two_pass) for tile in (tile_s, tile_t)]
+        if views[0] is None or views[1] is None:
             continue
-        both = (contrib[0].weight > 0) & (contrib[1].weight > 0)
-        diff = contrib[0].data - contrib[1].data
-        for c in range(3):
-            values = diff[c][both[c]]
-            if values.size:
-                pieces[c].append(backend.to_host(values))
+        for (rows, stencil_s), (_, stencil_t) in zip(views[0].chunks(), views[1].chunks()):
+            d_s, f_s = views[0].samples(stencil_s)
+            d_t, f_t = views[1].samples(stencil_t)
+            both = (f_s > 0) & (f_t > 0)
+            diff = d_s - d_t
+            for c in range(3):
+                values = diff[..., c][both[..., c]]
+                if values.size:
+                    pieces[c].append(backend.to_host(values))
     result = []
     for c in range(3):
         if pieces[c]:
@@ -100,25 +105,31 @@ def background_offsets(backend: Backend, store: TileStore, tiles: Sequence[TileP
                        grid: OutputGrid, *, two_pass: bool = False,
                        progress: Callable[[int, int], None] | None = None,
                        step: int = DEFAULT_CONTROL_STEP,
-                       strip_pixels: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+                       strip_pixels: int = 1 << 20, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Per-tile, per-channel offsets k (N × 3) and the pairwise matrices (3 × K × K).
 
-    Only tiles with a §4.2 box take part (others get 0 and contribute nothing).
+    Only tiles with a §4.2 box take part (others get 0 and contribute nothing).  Pairs
+    run on ``workers`` threads (numpy releases the GIL in the gathers and arithmetic);
+    each holds one strip of both tiles, so memory grows with ``workers``.
     """
     kept = [t for t in tiles if t.box is not None]
     n = len(kept)
     matrices = np.full((3, n, n), np.nan)
     pairs = [(a, b) for a in range(n) for b in range(a + 1, n)
              if boxes_overlap(kept[a].box, kept[b].box)]
+    def one(pair: tuple[int, int]) -> list[float]:
+        a, b = pair
+        return pair_offset(backend, store, kept[a], kept[b], grid, two_pass=two_pass, step=step,
+                           strip_pixels=strip_pixels)
+
     if n >= 2:
-        for done, (a, b) in enumerate(pairs):
-            offsets = pair_offset(backend, store, kept[a], kept[b], grid, two_pass=two_pass, step=step,
-                                  strip_pixels=strip_pixels)
-            for c in range(3):
-                matrices[c, a, b] = offsets[c]
-                matrices[c, b, a] = -offsets[c]
-            if progress:
-                progress(done + 1, len(pairs))
+        with cf.ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
+            for done, ((a, b), offsets) in enumerate(zip(pairs, pool.map(one, pairs))):
+                for c in range(3):
+                    matrices[c, a, b] = offsets[c]
+                    matrices[c, b, a] = -offsets[c]
+                if progress:
+                    progress(done + 1, len(pairs))
     result = np.zeros((len(tiles), 3))
     position = {t.index: a for a, t in enumerate(kept)}
     per_channel = [solve_offsets(matrices[c]) if n >= 2 else np.zeros(n) for c in range(3)]

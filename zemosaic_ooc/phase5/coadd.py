@@ -3,12 +3,21 @@
 A block task computes its block completely: for every tile touching it, in
 input order, the resampled data d_t (float64, per channel) and weight f_t, the
 background offset k_t,c subtracted, float64 accumulation of Σ f·d and Σ f; and
-the alpha union U (float32 max over tiles).  Arrays are CHW inside the block.
+the alpha union U (float32 max over tiles).
+
+How a tile is resampled over a box of Ω (:class:`TileView`): the pixel mapping
+is evaluated once for the box (control grid, :func:`~.mapping.map_region`), the
+tile region under it is read from the store once, prepared (§2) and packed as
+(h·w, 4) float32 = (d_R, d_G, d_B, w) with w = m_t (the §4.1 base weight: ω_t =
+w·τ_t); then the box is sampled in row chunks of about :data:`CHUNK_PIXELS`
+output pixels, one :class:`~.resample.Stencil` per chunk shared by the three
+channels, the weight and the union mask b_t.  The chunks keep the float64
+temporaries in cache.  Arrays inside a block are HWC.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -18,16 +27,10 @@ from .grid import Box, intersect
 from .mapping import DEFAULT_CONTROL_STEP, OutputGrid, map_region
 from .plan import geometry, read_raw_region
 from .prep import TilePlan, prepare_region, union_mask
-from .resample import region_bounds, sample_bilinear
+from .resample import (Stencil, apply_stencil, bilinear_stencil, nearest_index, pack_planes,
+                       region_bounds)
 
-
-@dataclass
-class Contribution:
-    """One tile's resampled data and weights on a box of Ω (CHW, float64)."""
-
-    box: Box
-    data: Any      # (3, h, w) float64, NaN where invalid
-    weight: Any    # (3, h, w) float64 f_t: ω′ where data and ω′ are finite, else 0
+CHUNK_PIXELS = 1 << 15   # output pixels sampled at once (float64 temporaries of ~1 MiB)
 
 
 def _bounding(a: Box | None, b: Box | None) -> Box | None:
@@ -38,57 +41,87 @@ def _bounding(a: Box | None, b: Box | None) -> Box | None:
     return (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
 
 
-def tile_samples(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputGrid,
-                 box: Box, *, want_data: bool = True, union_box: Box | None = None,
-                 step: int = DEFAULT_CONTROL_STEP, gain_override: float | None = None,
-                 binary_weights: bool = False) -> tuple[Contribution | None, tuple[Box, Any] | None]:
-    """Resample one tile over ``box`` (data) and ``union_box`` (alpha union), sharing one mapping.
+@dataclass
+class TileView:
+    """One tile mapped onto a box of Ω, with its prepared region packed for gathers.
 
-    Returns (contribution or None, (union box, float32 union values) or None).
+    ``uu``, ``vv``: (h, w) float64 cropped-tile coordinates of the box pixels;
+    ``origin`` / ``region_hw``: the tile region read; ``packed``: (rh·rw, 4)
+    float32 (d_R, d_G, d_B, w) or None; ``union``: (rh·rw, 1) float32 b_t or None;
+    ``tau``: the factor turning sampled w into f (ω = w·τ).
+    """
+
+    xp: Any
+    tile: TilePlan
+    box: Box
+    uu: Any
+    vv: Any
+    origin: tuple[int, int]
+    region_hw: tuple[int, int]
+    packed: Any
+    union: Any
+    tau: float
+
+    def chunks(self, chunk_pixels: int = CHUNK_PIXELS) -> Iterator[tuple[slice, Stencil]]:
+        """(box-relative row slice, stencil of those rows) in chunks of about ``chunk_pixels``."""
+        height, width = self.uu.shape
+        rows = max(1, chunk_pixels // max(1, width))
+        for r0 in range(0, height, rows):
+            sl = slice(r0, min(height, r0 + rows))
+            yield sl, self.stencil(self.uu[sl], self.vv[sl])
+
+    def stencil(self, u: Any, v: Any) -> Stencil:
+        return bilinear_stencil(self.xp, self.origin, self.region_hw, self.tile.cropped_hw, u, v)
+
+    def samples(self, stencil: Stencil) -> tuple[Any, Any]:
+        """d (…, 3) float64 (NaN invalid) and f (…, 3) float64 (ω′ where d and ω′ are finite, else 0)."""
+        xp = self.xp
+        values = apply_stencil(xp, stencil, self.packed)
+        data = values[..., :3]
+        weight = values[..., 3:] * self.tau
+        good = xp.isfinite(data) & xp.isfinite(weight)
+        return data, xp.where(good, weight, 0.0)
+
+    def union_values(self, stencil: Stencil) -> Any:
+        """§5.3 step 4: bilinear b_t, NaN → 0, clipped to [0, 1], float32 (stencil shape)."""
+        xp = self.xp
+        vals = apply_stencil(xp, stencil, self.union)[..., 0]
+        return xp.clip(xp.nan_to_num(vals, nan=0.0), 0.0, 1.0).astype(xp.float32)
+
+
+def open_view(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputGrid, box: Box, *,
+              want_data: bool = True, want_union: bool = False, step: int = DEFAULT_CONTROL_STEP,
+              gain_override: float | None = None, binary_weights: bool = False) -> TileView | None:
+    """Map ``tile`` onto ``box`` and read + prepare its region once; None when it does not reach the box.
+
     ``gain_override`` multiplies the prepared data (two-pass γ_t); with
     ``binary_weights`` ω = (m > 0)·τ (pass 2).
     """
     xp = backend.xp
-    data_box = box if want_data else None
-    rect = _bounding(data_box, union_box)
-    if rect is None:
-        return None, None
-    geom = geometry(tile)
-    uu, vv = map_region(geom, grid, rect, step=step)
+    uu, vv = map_region(geometry(tile), grid, box, step=step)
     uu = backend.asarray(uu)
     vv = backend.asarray(vv)
     bounds = region_bounds(uu, vv, tile.cropped_hw, xp)
     if bounds is None:
-        return None, None
+        return None
     r0, r1, c0, c1 = bounds
     raw_data, raw_alpha = read_raw_region(store, tile, (r0, r1), (c0, c1))
     raw_data = backend.asarray(raw_data)
     raw_alpha = None if raw_alpha is None else backend.asarray(raw_alpha)
-    contribution = None
-    union = None
-    ry0, rx0 = rect[0], rect[2]
-    if data_box is not None:
-        sy = slice(data_box[0] - ry0, data_box[1] - ry0)
-        sx = slice(data_box[2] - rx0, data_box[3] - rx0)
-        du, dv = uu[sy, sx], vv[sy, sx]
-        data, mask, omega = prepare_region(backend, raw_data, raw_alpha, tile)
+    packed = union = None
+    if want_data:
+        data, mask, _ = prepare_region(backend, raw_data, raw_alpha, tile, want_weight=False)
         if gain_override is not None and gain_override != 1.0:
             data = data * xp.float32(gain_override)
-        if binary_weights:
-            omega = (mask > 0).astype(xp.float64) * float(tile.tau)
-        values = sample_bilinear(backend, data, (r0, c0), tile.cropped_hw, du, dv)
-        weights = sample_bilinear(backend, omega[None], (r0, c0), tile.cropped_hw, du, dv)[0]
-        good = xp.isfinite(values) & xp.isfinite(weights)[None]
-        f = xp.where(good, weights[None], 0.0)
-        contribution = Contribution(data_box, values, f)
-    if union_box is not None:
-        sy = slice(union_box[0] - ry0, union_box[1] - ry0)
-        sx = slice(union_box[2] - rx0, union_box[3] - rx0)
-        b = union_mask(backend, raw_data, raw_alpha, tile)
-        vals = sample_bilinear(backend, b[None], (r0, c0), tile.cropped_hw, uu[sy, sx], vv[sy, sx])[0]
-        vals = xp.clip(xp.nan_to_num(vals, nan=0.0), 0.0, 1.0).astype(xp.float32)
-        union = (union_box, vals)
-    return contribution, union
+        # ω_t = w·τ with w = m_t (prepare_region's base weight is m_t in both §4.1 cases)
+        weight = (mask > 0).astype(xp.float32) if binary_weights else mask.astype(xp.float32)
+        packed = xp.empty((r1 - r0, c1 - c0, 4), dtype=xp.float32)
+        packed[..., :3] = xp.moveaxis(data, 0, -1)
+        packed[..., 3] = weight
+        packed = packed.reshape(-1, 4)
+    if want_union:
+        union = pack_planes(xp, union_mask(backend, raw_data, raw_alpha, tile)[None])
+    return TileView(xp, tile, box, uu, vv, (r0, c0), (r1 - r0, c1 - c0), packed, union, float(tile.tau))
 
 
 @dataclass
@@ -103,48 +136,84 @@ class BlockResult:
     covered_cols: tuple[int, int] | None
 
 
+def _rows_in(box: Box | None, g0: int, g1: int) -> tuple[int, int] | None:
+    """Grid rows of ``box`` within [g0, g1), or None."""
+    if box is None:
+        return None
+    r0, r1 = max(box[0], g0), min(box[1], g1)
+    return (r0, r1) if r1 > r0 else None
+
+
 def coadd_block(backend: Backend, store: TileStore, tiles: Sequence[TilePlan], grid: OutputGrid,
                 block: Box, *, offsets_attr: str = "bg_offsets", with_union: bool = True,
                 two_pass: bool = False, step: int = DEFAULT_CONTROL_STEP) -> BlockResult:
-    """§4.5 + §5.1–§5.3 on one block: Σ f·(d − k) / Σ f per channel, coverage, alpha union."""
+    """§4.5 + §5.1–§5.3 on one block: Σ f·(d − k) / Σ f per channel, coverage, alpha union.
+
+    Every tile touching the block is mapped and read once (:func:`open_view`); the block
+    is then finished in row chunks of about :data:`CHUNK_PIXELS`: each chunk accumulates
+    its tiles in input order in float64 and is divided and cast to float32 at once.
+    """
     xp = backend.xp
     y0, y1, x0, x1 = block
     h, w = y1 - y0, x1 - x0
-    sums = xp.zeros((3, h, w), dtype=xp.float64)
-    wsum = xp.zeros((3, h, w), dtype=xp.float64)
-    union = xp.zeros((h, w), dtype=xp.float32) if with_union else None
+    views = []
     for tile in tiles:
         data_box = intersect(tile.box, block)
         union_box = intersect(tile.union_bbox, block) if with_union else None
-        if data_box is None and union_box is None:
+        rect = _bounding(data_box, union_box)
+        if rect is None:
             continue
-        contribution, tile_union = tile_samples(
-            backend, store, tile, grid, data_box if data_box else block,
-            want_data=data_box is not None, union_box=union_box, step=step,
-            gain_override=tile.two_pass_gain if two_pass else None, binary_weights=two_pass)
-        if contribution is not None:
-            by0, by1, bx0, bx1 = contribution.box
-            sy, sx = slice(by0 - y0, by1 - y0), slice(bx0 - x0, bx1 - x0)
-            offsets = getattr(tile, offsets_attr)
-            k = backend.asarray(np.asarray(offsets, dtype=np.float64))[:, None, None]
-            f = contribution.weight
-            shifted = xp.where(f == 0, 0.0, contribution.data - k)
-            sums[:, sy, sx] += shifted * f
-            wsum[:, sy, sx] += f
-        if tile_union is not None:
-            (uy0, uy1, ux0, ux1), vals = tile_union
-            sy, sx = slice(uy0 - y0, uy1 - y0), slice(ux0 - x0, ux1 - x0)
-            union[sy, sx] = xp.maximum(union[sy, sx], vals)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = sums / wsum
-    mean = xp.where(wsum == 0, 0.0, mean)
-    mosaic = xp.moveaxis(mean.astype(xp.float32), 0, -1)
-    coverage = wsum[0].astype(xp.float32)
+        view = open_view(backend, store, tile, grid, rect, want_data=data_box is not None,
+                         want_union=union_box is not None, step=step,
+                         gain_override=tile.two_pass_gain if two_pass else None,
+                         binary_weights=two_pass)
+        if view is not None:
+            k = backend.asarray(np.asarray(getattr(tile, offsets_attr), dtype=np.float64))
+            views.append((view, data_box, union_box, k))
+    mosaic = xp.zeros((h, w, 3), dtype=xp.float32)
+    coverage = xp.zeros((h, w), dtype=xp.float32)
+    union = xp.zeros((h, w), dtype=xp.float32) if with_union else None
+    rows_per_chunk = max(1, CHUNK_PIXELS // max(1, w))
+    for c0 in range(0, h, rows_per_chunk):
+        c1 = min(h, c0 + rows_per_chunk)
+        g0, g1 = y0 + c0, y0 + c1
+        sums = xp.zeros((c1 - c0, w, 3), dtype=xp.float64)
+        wsum = xp.zeros((c1 - c0, w, 3), dtype=xp.float64)
+        for view, data_box, union_box, k in views:
+            rect = view.box
+            span = _rows_in(rect, g0, g1)
+            if span is None:
+                continue
+            data_rows = _rows_in(data_box, *span)
+            union_rows = _rows_in(union_box, *span)
+            if data_rows is None and union_rows is None:
+                continue
+            vr = slice(span[0] - rect[0], span[1] - rect[0])
+            stencil = view.stencil(view.uu[vr], view.vv[vr])
+            if data_rows is not None:
+                d, f = view.samples(stencil)
+                cr = slice(data_rows[0] - span[0], data_rows[1] - span[0])
+                cc = slice(data_box[2] - rect[2], data_box[3] - rect[2])
+                d, f = d[cr, cc], f[cr, cc]
+                sy = slice(data_rows[0] - g0, data_rows[1] - g0)
+                sx = slice(data_box[2] - x0, data_box[3] - x0)
+                sums[sy, sx] += xp.where(f == 0, 0.0, d - k) * f
+                wsum[sy, sx] += f
+            if union_rows is not None:
+                cr = slice(union_rows[0] - span[0], union_rows[1] - span[0])
+                cc = slice(union_box[2] - rect[2], union_box[3] - rect[2])
+                vals = view.union_values(stencil)[cr, cc]
+                target = union[union_rows[0] - y0:union_rows[1] - y0, union_box[2] - x0:union_box[3] - x0]
+                xp.maximum(target, vals, out=target)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = sums / wsum
+        mosaic[c0:c1] = xp.where(wsum == 0, 0.0, mean)
+        coverage[c0:c1] = wsum[..., 0]
     covered = coverage > 0
-    rows = xp.nonzero(covered.any(axis=1))[0]
-    cols = xp.nonzero(covered.any(axis=0))[0]
-    covered_rows = (int(rows[0]) + y0, int(rows[-1]) + y0 + 1) if rows.size else None
-    covered_cols = (int(cols[0]) + x0, int(cols[-1]) + x0 + 1) if cols.size else None
+    rows_any = xp.nonzero(covered.any(axis=1))[0]
+    cols_any = xp.nonzero(covered.any(axis=0))[0]
+    covered_rows = (int(rows_any[0]) + y0, int(rows_any[-1]) + y0 + 1) if rows_any.size else None
+    covered_cols = (int(cols_any[0]) + x0, int(cols_any[-1]) + x0 + 1) if cols_any.size else None
     return BlockResult(block, backend.to_host(mosaic), backend.to_host(coverage),
                        None if union is None else backend.to_host(union), covered_rows, covered_cols)
 
@@ -179,28 +248,37 @@ def union_bbox(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputG
     """§5.3 step 3: bbox of the nearest-neighbour reprojection of b_t where it is > 0.
 
     Walked over the tile's §4.2 box in row strips (a pixel outside that box
-    cannot map inside the tile).
+    cannot map inside the tile), each strip sampled in chunks of rows.
     """
-    from .resample import sample_nearest
-
     xp = backend.xp
     if tile.box is None:
         return None
     y0, y1, x0, x1 = tile.box
-    found_rows: list[int] = []
-    col_min, col_max = None, None
-    for strip, uu, vv, origin, raw_data, raw_alpha in tile_strips(backend, store, tile, grid,
-                                                                  strip_pixels=strip_pixels, step=step):
-        b = union_mask(backend, raw_data, raw_alpha, tile)
-        vals = sample_nearest(backend, b[None], origin, tile.cropped_hw, uu, vv)[0]
-        positive = xp.nan_to_num(vals, nan=0.0) > 0
-        rows = xp.nonzero(positive.any(axis=1))[0]
-        cols = xp.nonzero(positive.any(axis=0))[0]
-        if rows.size:
-            found_rows += [int(rows[0]) + strip[0], int(rows[-1]) + strip[0]]
-            lo, hi = int(cols[0]) + x0, int(cols[-1]) + x0
-            col_min = lo if col_min is None else min(col_min, lo)
-            col_max = hi if col_max is None else max(col_max, hi)
-    if not found_rows:
+    rows_per_strip = max(1, strip_pixels // max(1, x1 - x0))
+    row_min = row_max = col_min = col_max = None
+    for sy0 in range(y0, y1, rows_per_strip):
+        strip = (sy0, min(y1, sy0 + rows_per_strip), x0, x1)
+        view = open_view(backend, store, tile, grid, strip, want_data=False, want_union=True, step=step)
+        if view is None:
+            continue
+        b = view.union[:, 0]
+        height, width = view.uu.shape
+        rows = max(1, CHUNK_PIXELS // max(1, width))
+        for r0 in range(0, height, rows):
+            sl = slice(r0, min(height, r0 + rows))
+            index, inside = nearest_index(xp, view.origin, view.region_hw, tile.cropped_hw,
+                                          view.uu[sl], view.vv[sl])
+            positive = (inside & (xp.take(b, index) > 0)).reshape(view.uu[sl].shape)
+            hit_rows = xp.nonzero(positive.any(axis=1))[0]
+            if not hit_rows.size:
+                continue
+            hit_cols = xp.nonzero(positive.any(axis=0))[0]
+            lo_r, hi_r = int(hit_rows[0]) + sy0 + r0, int(hit_rows[-1]) + sy0 + r0
+            lo_c, hi_c = int(hit_cols[0]) + x0, int(hit_cols[-1]) + x0
+            row_min = lo_r if row_min is None else min(row_min, lo_r)
+            row_max = hi_r if row_max is None else max(row_max, hi_r)
+            col_min = lo_c if col_min is None else min(col_min, lo_c)
+            col_max = hi_c if col_max is None else max(col_max, hi_c)
+    if row_min is None:
         return None
-    return (min(found_rows), max(found_rows) + 1, col_min, col_max + 1)
+    return (row_min, row_max + 1, col_min, col_max + 1)
