@@ -19,9 +19,10 @@ pixel (P·itemsize = 16 bytes goes through a complex128 view: one 16-byte gather
 Arrays: a region is the (h, w) window of the cropped tile whose top-left pixel
 is ``origin`` = (row, col) in cropped-tile coordinates; ``full_hw`` is the
 cropped tile shape used for the bounds.  u, v are float64 arrays of any shape
-(cropped-tile columns and rows).  The interpolation weights and sums are
-float64 in scipy's order of operations, whatever the plane dtype; results are
-float64, NaN outside.
+(cropped-tile columns and rows).  The interpolation weights and sums follow
+scipy's order of operations in float64 (results float64, NaN outside), or in
+the ``dtype`` a caller asks of :func:`apply_stencil` (the coadd asks float32
+for float32 planes, see :mod:`.coadd`).
 """
 from __future__ import annotations
 
@@ -111,8 +112,12 @@ def _gather(xp: Any, packed: Any, index: Any) -> Any:
     return xp.take(packed, index, axis=0)
 
 
-def apply_stencil(xp: Any, stencil: Stencil, packed: Any) -> Any:
-    """Bilinear samples ``stencil.shape + (P,)`` float64 of a packed (h·w, P) region; NaN outside."""
+def apply_stencil(xp: Any, stencil: Stencil, packed: Any, dtype: Any = None) -> Any:
+    """Bilinear samples ``stencil.shape + (P,)`` of a packed (h·w, P) region; NaN outside.
+
+    The fractions are cast to ``dtype`` when given (float32 planes then give float32
+    samples, half the memory traffic of float64); by default the arithmetic is float64.
+    """
     s = stencil
     p00 = _gather(xp, packed, s.index)
     p01 = _gather(xp, packed, s.index + s.step_x)
@@ -120,8 +125,11 @@ def apply_stencil(xp: Any, stencil: Stencil, packed: Any) -> Any:
     p11 = _gather(xp, packed, s.index + (s.step_y + s.step_x))
     fu = s.fu[:, None]
     fv = s.fv[:, None]
-    wu0 = 1.0 - fu
-    wv0 = 1.0 - fv
+    if dtype is not None:
+        fu = fu.astype(dtype)
+        fv = fv.astype(dtype)
+    wu0 = 1 - fu
+    wv0 = 1 - fv
     values = wv0 * (wu0 * p00 + fu * p01) + fv * (wu0 * p10 + fu * p11)
     values = xp.where(s.inside[:, None], values, xp.nan)
     return values.reshape(s.shape + (packed.shape[1],))
