@@ -113,8 +113,10 @@ def open_view(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputGr
     if bounds is None:
         return None
     r0, r1, c0, c1 = bounds
-    raw_data, raw_alpha = read_raw_region(store, tile, (r0, r1), (c0, c1))
-    raw_data = backend.asarray(raw_data)
+    # b_t of a tile with ALPHA (§5.3 step 1) needs no data
+    with_data = want_data or not tile.has_alpha or tile.empty_flag
+    raw_data, raw_alpha = read_raw_region(store, tile, (r0, r1), (c0, c1), with_data=with_data)
+    raw_data = None if raw_data is None else backend.asarray(raw_data)
     raw_alpha = None if raw_alpha is None else backend.asarray(raw_alpha)
     packed = union = None
     if want_data:
@@ -251,42 +253,57 @@ def tile_strips(backend: Backend, store: TileStore, tile: TilePlan, grid: Output
                None if raw_alpha is None else backend.asarray(raw_alpha))
 
 
+def _nearest_positive(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputGrid, box: Box,
+                      step: int) -> Any | None:
+    """(h, w) bool on ``box``: the nearest-neighbour reprojection of b_t is > 0 (None: off the tile)."""
+    xp = backend.xp
+    view = open_view(backend, store, tile, grid, box, want_data=False, want_union=True, step=step)
+    if view is None:
+        return None
+    index, inside = nearest_index(xp, view.origin, view.region_hw, tile.cropped_hw, view.uu, view.vv)
+    return (inside & (xp.take(view.union[:, 0], index) > 0)).reshape(view.uu.shape)
+
+
 def union_bbox(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputGrid,
-               *, strip_pixels: int = 1 << 20, step: int = DEFAULT_CONTROL_STEP) -> Box | None:
+               *, strip_pixels: int = 1 << 20, step: int = DEFAULT_CONTROL_STEP,
+               band: int = 32) -> Box | None:
     """§5.3 step 3: bbox of the nearest-neighbour reprojection of b_t where it is > 0.
 
-    Walked over the tile's §4.2 box in row strips (a pixel outside that box
-    cannot map inside the tile), each strip sampled in chunks of rows.
+    Only the tile's §4.2 box can hold such pixels.  Each side of the bbox is found by
+    scanning bands of ``band`` rows (columns) of that box inwards from the same side
+    and stopping at the first band with a positive pixel, so the answer is the full
+    scan's while only the bands near the edges are resampled.  ``strip_pixels`` caps
+    the pixels of a band (a narrower band on very wide boxes).
     """
     xp = backend.xp
-    if tile.box is None:
+    if tile.box is None or tile.empty_flag:
         return None
     y0, y1, x0, x1 = tile.box
-    rows_per_strip = max(1, strip_pixels // max(1, x1 - x0))
-    row_min = row_max = col_min = col_max = None
-    for sy0 in range(y0, y1, rows_per_strip):
-        strip = (sy0, min(y1, sy0 + rows_per_strip), x0, x1)
-        view = open_view(backend, store, tile, grid, strip, want_data=False, want_union=True, step=step)
-        if view is None:
-            continue
-        b = view.union[:, 0]
-        height, width = view.uu.shape
-        rows = max(1, CHUNK_PIXELS // max(1, width))
-        for r0 in range(0, height, rows):
-            sl = slice(r0, min(height, r0 + rows))
-            index, inside = nearest_index(xp, view.origin, view.region_hw, tile.cropped_hw,
-                                          view.uu[sl], view.vv[sl])
-            positive = (inside & (xp.take(b, index) > 0)).reshape(view.uu[sl].shape)
-            hit_rows = xp.nonzero(positive.any(axis=1))[0]
-            if not hit_rows.size:
+    rows_band = max(1, min(band, strip_pixels // max(1, x1 - x0)))
+
+    def first(lines: range, make_box, axis: int, last: bool) -> int | None:
+        for start in lines:
+            box = make_box(start)
+            hits = _nearest_positive(backend, store, tile, grid, box, step)
+            if hits is None:
                 continue
-            hit_cols = xp.nonzero(positive.any(axis=0))[0]
-            lo_r, hi_r = int(hit_rows[0]) + sy0 + r0, int(hit_rows[-1]) + sy0 + r0
-            lo_c, hi_c = int(hit_cols[0]) + x0, int(hit_cols[-1]) + x0
-            row_min = lo_r if row_min is None else min(row_min, lo_r)
-            row_max = hi_r if row_max is None else max(row_max, hi_r)
-            col_min = lo_c if col_min is None else min(col_min, lo_c)
-            col_max = hi_c if col_max is None else max(col_max, hi_c)
+            found = xp.nonzero(hits.any(axis=axis))[0]
+            if found.size:
+                origin = box[0] if axis == 1 else box[2]
+                return int(found[-1] if last else found[0]) + origin
+        return None
+
+    row_min = first(range(y0, y1, rows_band), lambda r: (r, min(y1, r + rows_band), x0, x1), 1, False)
     if row_min is None:
         return None
+    row_max = first(range(y1, row_min, -rows_band),
+                    lambda r: (max(row_min, r - rows_band), r, x0, x1), 1, True)
+    row_max = row_min if row_max is None else row_max
+    height = row_max + 1 - row_min
+    cols_band = max(1, min(band, strip_pixels // max(1, height)))
+    col_min = first(range(x0, x1, cols_band),
+                    lambda c: (row_min, row_max + 1, c, min(x1, c + cols_band)), 0, False)
+    col_max = first(range(x1, col_min, -cols_band),
+                    lambda c: (row_min, row_max + 1, max(col_min, c - cols_band), c), 0, True)
+    col_max = col_min if col_max is None else col_max
     return (row_min, row_max + 1, col_min, col_max + 1)
