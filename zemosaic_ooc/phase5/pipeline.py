@@ -128,14 +128,22 @@ class _PeakRss:
         return self.peak
 
 
-def choose_block_size(opts: Phase5Options, workers: int) -> int:
-    """Blocks equal the output chunks: from ``--block-size`` or the memory budget."""
+def choose_block_size(opts: Phase5Options, workers: int, shape_hw: tuple[int, int] | None = None) -> int:
+    """Blocks equal the output chunks: from ``--block-size`` or the memory budget.
+
+    With the grid shape, the budget's side is lowered to split the grid into blocks of
+    even size (a multiple of 16): edge chunks are stored whole, so a 2176 px block on a
+    2467 px grid would write 3× the mosaic, and uneven blocks leave workers idle.
+    """
     if opts.block_size:
         return int(opts.block_size)
     budget = int(opts.memory_budget)
     pixels = budget / (max(1, workers) * BYTES_PER_BLOCK_PIXEL * 2)
     side = int(math.sqrt(max(pixels, 1)))
     side = max(128, min(4096, (side // 128) * 128))
+    if shape_hw is not None:
+        even = max(math.ceil(n / math.ceil(n / side)) for n in shape_hw)
+        side = max(128, min(side, math.ceil(even / 16) * 16))
     return side
 
 
@@ -438,7 +446,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
                 raise InputError(opts.grid, f"cannot use as output grid ({exc})") from exc
         else:
             out_wcs, shape_hw = compute_output_grid([geometry(t) for t in tiles])
-        block = choose_block_size(opts, workers)
+        block = choose_block_size(opts, workers, shape_hw)
         store.attrs_update(shape_hw=list(shape_hw), block=int(block))
         os.replace(staging, output / "tiles")
         tile_store = TileStore.open(output / "tiles")
@@ -500,7 +508,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         progress.start("background", 1, unit="pair")
         strip = strip_pixels(int(opts.memory_budget))
         offsets, _ = background_offsets(
-            backend, tile_store, tiles, out_grid, strip_pixels=strip,
+            backend, tile_store, tiles, out_grid, strip_pixels=strip, workers=workers,
             progress=lambda k, n: (progress.advance("background", 0), rss.sample()))
         progress.finish("background")
         for tile, row in zip(tiles, offsets):
@@ -724,7 +732,7 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         progress.finish("two-pass gains")
         strip = strip_pixels(int(opts.memory_budget))
         offsets, _ = background_offsets(backend, tile_store, tiles, out_grid, two_pass=True,
-                                        strip_pixels=strip)
+                                        strip_pixels=strip, workers=runner.workers)
         for tile, row in zip(tiles, offsets):
             tile.bg_offsets_pass2 = [float(v) for v in row]
 
