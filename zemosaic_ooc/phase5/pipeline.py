@@ -29,7 +29,7 @@ from ..progress import NullProgress, ProgressSink
 from ..store.journal import Journal
 from ..fallback.guard import OomGuard
 from ..store.mosaic import MosaicStore
-from ..store.tiles import TileStore, ingest_tiles
+from ..store.tiles import TileCache, TileStore, ingest_tiles
 from .background import background_offsets
 from .calibrate import CalibrationResult, calibrate
 from .coadd import coadd_block, union_bbox
@@ -42,6 +42,7 @@ from .prep import TilePlan
 log = logging.getLogger(__name__)
 
 BYTES_PER_BLOCK_PIXEL = 220   # working set of a pass-1 block task per output pixel (measured)
+TILE_CACHE_SHARE = 4          # whole tiles kept in memory: up to 1/4 of the memory budget
 
 
 @dataclass
@@ -360,13 +361,14 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     kwargs_workers = workers
     workers = workers or min(os.cpu_count() or 1, 8)
     rss = _PeakRss()
+    tile_cache = TileCache(int(opts.memory_budget) // TILE_CACHE_SHARE)
     stages: list[tuple[str, float]] = []
     warnings_list: list[str] = []
     output = Path(output)
     if resume:
         store = MosaicStore.open(output, mode="r+")
         state = dict(store.attrs.get("run_state") or {})
-        tile_store = TileStore.open(output / "tiles")
+        tile_store = TileStore.open(output / "tiles", tile_cache)
         for orphan in list(output.rglob("*.partial")):
             if orphan.is_dir():
                 shutil.rmtree(orphan, ignore_errors=True)
@@ -411,6 +413,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         progress.start("ingest", len(tile_paths), unit="tile")
         try:
             tile_store = ingest_tiles(list(tile_paths), staging, skip_bad=bool(opts.skip_bad_tiles),
+                                      cache=tile_cache,
                                       progress=lambda k, n, p: (progress.advance("ingest"), rss.sample(),
                                                                 _kill_point("ingest", k)))
         except BaseException:
@@ -449,7 +452,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         block = choose_block_size(opts, workers, shape_hw)
         store.attrs_update(shape_hw=list(shape_hw), block=int(block))
         os.replace(staging, output / "tiles")
-        tile_store = TileStore.open(output / "tiles")
+        tile_store = TileStore.open(output / "tiles", tile_cache)
     out_grid = OutputGrid(out_wcs, shape_hw)
     journal = Journal(output / "journal.sqlite")
     guard = OomGuard(device, backend, max_oom=max_oom, inject=fault_injector)

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import math
 import os
+import threading
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -409,22 +410,84 @@ def isolated_tiles(footprints: Sequence[SkyFootprint | None]) -> list[tuple[int,
     return problems
 
 
-class TileStore:
-    """A Zarr group of ingested master tiles.  Thread-safe for concurrent reads."""
+class TileCache:
+    """Whole tile arrays kept in memory, least recently used first out, within ``capacity`` bytes.
 
-    def __init__(self, path: str | Path, group: zarr.Group, records: list[TileRecord]):
+    A run reads every tile region many times (plan, calibration, union bboxes, every
+    background pair, every block); each zarr read costs a few ms of fixed overhead.  The
+    cache holds whole planes, read-only, keyed by (tile index, "data" | "alpha"), and is
+    filled at ingest (the arrays just validated and written) or on the first read.  Arrays
+    larger than the capacity are never cached (reads then go to the store, as before).
+    Thread-safe; a store pickled for a Dask worker travels without its cache.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = max(0, int(capacity))
+        self._items: "dict[tuple[int, str], np.ndarray]" = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, str]) -> np.ndarray | None:
+        with self._lock:
+            array = self._items.pop(key, None)
+            if array is not None:
+                self._items[key] = array          # most recently used last
+            return array
+
+    def put(self, key: tuple[int, str], array: np.ndarray) -> bool:
+        """Keep ``array`` (made read-only) if it fits; evicts the least recently used."""
+        if array.nbytes > self.capacity:
+            return False
+        array.setflags(write=False)
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            while self._items and self._bytes + array.nbytes > self.capacity:
+                oldest = next(iter(self._items))
+                self._bytes -= self._items.pop(oldest).nbytes
+            self._items[key] = array
+            self._bytes += array.nbytes
+        return True
+
+
+class TileStore:
+    """A Zarr group of ingested master tiles.  Thread-safe for concurrent reads.
+
+    With a :class:`TileCache`, region reads of cached tiles are read-only views of
+    the cached planes (callers copy before they modify, as §2 preparation does).
+    """
+
+    def __init__(self, path: str | Path, group: zarr.Group, records: list[TileRecord],
+                 cache: TileCache | None = None):
         self.path = Path(path)
         self.group = group
         self.records = records
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["cache"] = None
+        return state
+
     @classmethod
-    def open(cls, path: str | Path) -> "TileStore":
+    def open(cls, path: str | Path, cache: TileCache | None = None) -> "TileStore":
         group = zarr.open_group(str(path), mode="r")
         records = [TileRecord.from_json(d) for d in group.attrs["tiles"]]
-        return cls(path, group, records)
+        return cls(path, group, records, cache)
+
+    def _cached(self, index: int, kind: str, array: zarr.Array) -> np.ndarray | None:
+        """The whole plane from the cache, reading it into the cache when it fits; else None."""
+        if self.cache is None:
+            return None
+        whole = self.cache.get((index, kind))
+        if whole is None and array.nbytes <= self.cache.capacity:
+            whole = array[...]
+            self.cache.put((index, kind), whole)
+        return whole
 
     def data(self, index: int) -> zarr.Array:
         """The (C, H, W) float32 array of tile ``index`` (uncropped)."""
@@ -438,29 +501,35 @@ class TileStore:
 
     def read_data(self, index: int, rows: slice, cols: slice) -> np.ndarray:
         """(C, h, w) float32 region of the uncropped tile."""
-        return self.data(index)[:, rows, cols]
+        array = self.data(index)
+        whole = self._cached(index, "data", array)
+        return array[:, rows, cols] if whole is None else whole[:, rows, cols]
 
     def read_alpha(self, index: int, rows: slice, cols: slice) -> np.ndarray | None:
         arr = self.alpha(index)
-        return None if arr is None else arr[rows, cols]
+        if arr is None:
+            return None
+        whole = self._cached(index, "alpha", arr)
+        return arr[rows, cols] if whole is None else whole[rows, cols]
 
 
 def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
                  skip_bad: bool = False,
                  progress: Callable[[int, int, str], None] | None = None,
-                 chunk: int = TILE_CHUNK) -> TileStore:
+                 chunk: int = TILE_CHUNK, cache: TileCache | None = None) -> TileStore:
     """Validate and copy master tiles into a TileStore at ``store_path``.
 
     Every tile is validated before anything is written, so a bad tile never
     leaves a half-made store.  With ``skip_bad`` a bad tile is skipped with a
     warning (ZeMosaic's behaviour, §0.3); otherwise the first bad tile raises
-    :class:`InputError`.
+    :class:`InputError`.  The arrays written also go into ``cache`` (where they fit),
+    keyed by their index in the store.
     """
     if not paths:
         raise InputError(None, "no input tiles were given")
     store_path = Path(store_path)
     check_output_folder(store_path)
-    validated: list[tuple[Path, fits.Header, WCS]] = []
+    validated: list[tuple[Path, fits.Header, WCS, str]] = []
     footprints: list[np.ndarray | None] = []
     seen_checksums: dict[str, Path] = {}
     channel_counts: dict[int, Path] = {}
@@ -484,7 +553,7 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
                                        f"{3 if n_in == 1 else 1}; all tiles must have the same "
                                        "channel count")
             seen_checksums[checksum] = path
-            validated.append((path, header, wcs))
+            validated.append((path, header, wcs, checksum))
             footprints.append(sky_footprint(wcs, chw.shape[1:]))
             del chw, alpha
         except InputError as exc:
@@ -508,7 +577,7 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
 
     group = zarr.open_group(str(store_path), mode="w")
     records: list[TileRecord] = []
-    for index, (path, header, wcs) in enumerate(validated):
+    for index, (path, header, wcs, checksum) in enumerate(validated):
         chw, alpha, header, n_in = read_tile_fits(path)
         _, height, width = chw.shape
         tile_group = group.require_group(f"tiles/{index}")
@@ -517,6 +586,8 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
                                            chunks=(3, min(chunk, height), min(chunk, width)),
                                            compressors=[Crc32cCodec()])
         data_arr[...] = chw
+        if cache is not None:
+            cache.put((index, "data"), chw)
         has_alpha = alpha is not None
         alpha_usable = False
         alpha_max = None
@@ -547,6 +618,8 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
                     "alpha", shape=alpha.shape, dtype=alpha.dtype,
                     chunks=(min(chunk, height), min(chunk, width)), compressors=[Crc32cCodec()])
                 alpha_arr[...] = alpha
+                if cache is not None:
+                    cache.put((index, "alpha"), alpha)
         if n_in == 1:
             warn.append("mono tile copied into three identical channels (no ZeMosaic behaviour)")
         for text in frame_count_warnings(header):
@@ -559,9 +632,9 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
             alpha_dtype=str(alpha.dtype) if has_alpha else None,
             alpha_max=alpha_max, alpha_usable=alpha_usable,
             nframes_raw=frame_count(header), empty_flag=bool(header.get("ZMT_EMPT", False)),
-            checksum=_file_checksum(path), bytes=int(chw.nbytes), warnings=warn))
+            checksum=checksum, bytes=int(chw.nbytes), warnings=warn))
         if progress is not None:
             progress(index + 1, len(validated), str(path))
     group.attrs["tiles"] = [r.to_json() for r in records]
     group.attrs["skipped"] = skipped
-    return TileStore(store_path, group, records)
+    return TileStore(store_path, group, records, cache)
