@@ -124,7 +124,8 @@ def background_offsets(backend: Backend, store: TileStore, tiles: Sequence[TileP
 
     if n >= 2:
         with cf.ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
-            for done, ((a, b), offsets) in enumerate(zip(pairs, pool.map(one, pairs))):
+            results = pool.map(one, pairs) if workers > 1 else map(one, pairs)
+            for done, ((a, b), offsets) in enumerate(zip(pairs, results)):
                 for c in range(3):
                     matrices[c, a, b] = offsets[c]
                     matrices[c, b, a] = -offsets[c]

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,31 @@ class _PeakRss:
         rss = self.process.memory_info().rss
         self.peak = max(self.peak, rss)
         return self.peak
+
+
+class _HeldBlocks:
+    """Finished pass-1 block arrays kept in memory, up to ``capacity`` bytes (thread-safe)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.used = 0
+        self.items: dict[Box, tuple[np.ndarray, ...]] = {}
+        self.lock = threading.Lock()
+
+    def put(self, box: Box, arrays: tuple[np.ndarray, ...]) -> None:
+        size = sum(a.nbytes for a in arrays)
+        with self.lock:
+            old = self.items.pop(box, None)
+            self.used -= sum(a.nbytes for a in old) if old else 0
+            if self.used + size <= self.capacity:
+                self.items[box] = arrays
+                self.used += size
+
+    def pop(self, box: Box) -> tuple[np.ndarray, ...] | None:
+        with self.lock:
+            arrays = self.items.pop(box, None)
+            self.used -= sum(a.nbytes for a in arrays) if arrays else 0
+            return arrays
 
 
 def choose_block_size(opts: Phase5Options, workers: int, shape_hw: tuple[int, int] | None = None) -> int:
@@ -529,6 +555,9 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     p1_cov = store.require("stages/pass1_coverage", (height, width), "float32", (block, block))
     p1_union = store.require("stages/alpha_union", (height, width), "float32", (block, block))
     threshold = 0.0 if opts.crop_follow_signal else 1e-6
+    # pass-1 blocks also kept in memory (within a share of the budget) for finish to use
+    # instead of reading the stage arrays back
+    held = _HeldBlocks(int(opts.memory_budget) // TILE_CACHE_SHARE)
 
     def pass1_task(box: Box, be: Backend) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
         result = coadd_block(be, tile_store, tiles, out_grid, box)
@@ -536,6 +565,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         p1[y0:y1, x0:x1, :] = result.mosaic
         p1_cov[y0:y1, x0:x1] = result.coverage
         p1_union[y0:y1, x0:x1] = result.union
+        held.put(box, (result.mosaic, result.coverage, result.union))
         return _coverage_extent(result.coverage, box, threshold)
 
     def pass1_recover(box: Box):
@@ -583,17 +613,23 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     def finish_task(box: Box) -> int:
         y0, y1, x0, x1 = box
         iy0, iy1, ix0, ix1 = max(y0, wy0), min(y1, wy1), max(x0, wx0), min(x1, wx1)
+        kept = held.pop(box)
         if iy1 <= iy0 or ix1 <= ix0:
             return 0
-        mos = p1[iy0:iy1, ix0:ix1, :]
-        cov = p1_cov[iy0:iy1, ix0:ix1]
+        inner = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
+        mos = p1[iy0:iy1, ix0:ix1, :] if kept is None else kept[0][inner]
+        cov = p1_cov[iy0:iy1, ix0:ix1] if kept is None else kept[1][inner]
         if alpha_dropped:
             a8 = None
         else:
             rows = src_rows[iy0 - wy0:iy1 - wy0]
             cols = src_cols[ix0 - wx0:ix1 - wx0]
-            region = p1_union[int(rows.min()):int(rows.max()) + 1, int(cols.min()):int(cols.max()) + 1]
-            union = region[np.ix_(rows - rows.min(), cols - cols.min())]
+            if kept is not None and not fired:
+                union = kept[2][inner]                       # rows and cols are the block's own
+            else:
+                region = p1_union[int(rows.min()):int(rows.max()) + 1,
+                                  int(cols.min()):int(cols.max()) + 1]
+                union = region[np.ix_(rows - rows.min(), cols - cols.min())]
             a8 = alpha_u8(union, xp)
         mos, cov, a8 = finish_values(mos, cov, a8, xp)
         mosaic_arr[iy0:iy1, ix0:ix1, :] = mos

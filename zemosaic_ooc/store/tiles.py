@@ -534,6 +534,8 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
     seen_checksums: dict[str, Path] = {}
     channel_counts: dict[int, Path] = {}
     skipped: list[str] = []
+    kept: dict[Path, tuple[np.ndarray, np.ndarray | None, int]] = {}   # validated arrays the cache can hold
+    kept_bytes = 0
     for path in map(Path, paths):
         try:
             chw, alpha, header, n_in = read_tile_fits(path)
@@ -555,6 +557,10 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
             seen_checksums[checksum] = path
             validated.append((path, header, wcs, checksum))
             footprints.append(sky_footprint(wcs, chw.shape[1:]))
+            size = chw.nbytes + (0 if alpha is None else alpha.nbytes)
+            if cache is not None and kept_bytes + size <= cache.capacity:
+                kept[path] = (chw, alpha, n_in)  # written below without reading the file again
+                kept_bytes += size
             del chw, alpha
         except InputError as exc:
             if not skip_bad:
@@ -578,7 +584,10 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
     group = zarr.open_group(str(store_path), mode="w")
     records: list[TileRecord] = []
     for index, (path, header, wcs, checksum) in enumerate(validated):
-        chw, alpha, header, n_in = read_tile_fits(path)
+        if path in kept:
+            chw, alpha, n_in = kept.pop(path)
+        else:
+            chw, alpha, header, n_in = read_tile_fits(path)
         _, height, width = chw.shape
         tile_group = group.require_group(f"tiles/{index}")
         # uncompressed (read block by block many times) with a crc32c checksum per chunk
