@@ -49,8 +49,8 @@ def pair_offset(backend: Backend, store: TileStore, tile_s: TilePlan, tile_t: Ti
         if views[0] is None or views[1] is None:
             continue
         for (rows, stencil_s), (_, stencil_t) in zip(views[0].chunks(), views[1].chunks()):
-            d_s, f_s = views[0].samples(stencil_s)
-            d_t, f_t = views[1].samples(stencil_t)
+            d_s, f_s, _ = views[0].samples(stencil_s)
+            d_t, f_t, _ = views[1].samples(stencil_t)
             both = (f_s > 0) & (f_t > 0)
             diff = d_s - d_t
             for c in range(3):

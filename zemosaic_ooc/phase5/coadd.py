@@ -81,14 +81,16 @@ class TileView:
     def stencil(self, u: Any, v: Any) -> Stencil:
         return bilinear_stencil(self.xp, self.origin, self.region_hw, self.tile.cropped_hw, u, v)
 
-    def samples(self, stencil: Stencil) -> tuple[Any, Any]:
-        """d (…, 3) float64 (NaN invalid) and f (…, 3) float64 (ω′ where d and ω′ are finite, else 0)."""
+    def samples(self, stencil: Stencil) -> tuple[Any, Any, Any]:
+        """d (…, 3) (NaN invalid), f (…, 3) (ω′ where d and ω′ are finite, else 0) and that mask.
+
+        ω′ is NaN only outside the tile (w has no NaN), where d is NaN too: d's mask is f's.
+        """
         xp = self.xp
         values = apply_stencil(xp, stencil, self.packed, xp.dtype(SAMPLE_DTYPE))
         data = values[..., :3]
-        weight = values[..., 3:] * self.tau
-        good = xp.isfinite(data) & xp.isfinite(weight)
-        return data, xp.where(good, weight, 0.0)
+        good = xp.isfinite(data)
+        return data, xp.where(good, values[..., 3:] * self.tau, 0.0), good
 
     def union_values(self, stencil: Stencil) -> Any:
         """§5.3 step 4: bilinear b_t, NaN → 0, clipped to [0, 1], float32 (stencil shape)."""
@@ -179,7 +181,7 @@ def coadd_block(backend: Backend, store: TileStore, tiles: Sequence[TilePlan], g
                          binary_weights=two_pass)
         if view is not None:
             k = backend.asarray(np.asarray(getattr(tile, offsets_attr), dtype=np.float64))
-            views.append((view, data_box, union_box, k))
+            views.append((view, data_box, union_box, k, bool(xp.isfinite(k).all())))
     mosaic = xp.zeros((h, w, 3), dtype=xp.float32)
     coverage = xp.zeros((h, w), dtype=xp.float32)
     union = xp.zeros((h, w), dtype=xp.float32) if with_union else None
@@ -189,7 +191,7 @@ def coadd_block(backend: Backend, store: TileStore, tiles: Sequence[TilePlan], g
         g0, g1 = y0 + c0, y0 + c1
         sums = xp.zeros((c1 - c0, w, 3), dtype=xp.float64)
         wsum = xp.zeros((c1 - c0, w, 3), dtype=xp.float64)
-        for view, data_box, union_box, k in views:
+        for view, data_box, union_box, k, finite_k in views:
             rect = view.box
             span = _rows_in(rect, g0, g1)
             if span is None:
@@ -201,13 +203,15 @@ def coadd_block(backend: Backend, store: TileStore, tiles: Sequence[TilePlan], g
             vr = slice(span[0] - rect[0], span[1] - rect[0])
             stencil = view.stencil(view.uu[vr], view.vv[vr])
             if data_rows is not None:
-                d, f = view.samples(stencil)
+                d, f, good = view.samples(stencil)
                 cr = slice(data_rows[0] - span[0], data_rows[1] - span[0])
                 cc = slice(data_box[2] - rect[2], data_box[3] - rect[2])
-                d, f = d[cr, cc], f[cr, cc]
+                d, f, good = d[cr, cc], f[cr, cc], good[cr, cc]
                 sy = slice(data_rows[0] - g0, data_rows[1] - g0)
                 sx = slice(data_box[2] - x0, data_box[3] - x0)
-                sums[sy, sx] += xp.where(f == 0, 0.0, d - k) * f
+                # f·(d − k), 0 where f = 0; with a finite k, (d − k)·f is already 0 wherever d is finite
+                shifted = xp.where(good, d - k, 0.0) if finite_k else xp.where(f == 0, 0.0, d - k)
+                sums[sy, sx] += shifted * f
                 wsum[sy, sx] += f
             if union_rows is not None:
                 cr = slice(union_rows[0] - span[0], union_rows[1] - span[0])
