@@ -159,6 +159,11 @@ def _as_chw(data: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
     return chw, 3
 
 
+def _scaled(header: fits.Header) -> bool:
+    """True when BSCALE/BZERO change the stored values."""
+    return float(header.get("BSCALE", 1.0)) != 1.0 or float(header.get("BZERO", 0.0)) != 0.0
+
+
 def read_tile_fits(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, fits.Header, int]:
     """Read one master tile: (C, H, W) float32 native, raw ALPHA or None, header, input channels.
 
@@ -187,8 +192,14 @@ def read_tile_fits(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, fit
                 if not np.issubdtype(data.dtype, np.number):
                     raise InputError(path, f"primary data has non-numeric dtype {data.dtype}")
                 view, n_in = _as_chw(data, path)
-                # one native float32 copy, made while the file is open (no intermediate copies)
-                chw = np.ascontiguousarray(view, dtype=np.float32)
+                if view is data and data.dtype == np.dtype(">f4") and not _scaled(header):
+                    # the common layout: one read() of the big-endian bytes, swapped in place
+                    chw = np.fromfile(path, dtype=">f4", count=data.size,
+                                      offset=hdul.fileinfo(0)["datLoc"]).reshape(data.shape)
+                    chw = chw.byteswap(inplace=True).view(np.float32)
+                else:
+                    # one native float32 copy, made while the file is open (no intermediate copies)
+                    chw = np.ascontiguousarray(view, dtype=np.float32)
                 del view, data
     except InputError:
         raise
