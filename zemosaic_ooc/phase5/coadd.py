@@ -23,6 +23,7 @@ rounding decides 254 against 255).
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -81,16 +82,23 @@ class TileView:
     def stencil(self, u: Any, v: Any) -> Stencil:
         return bilinear_stencil(self.xp, self.origin, self.region_hw, self.tile.cropped_hw, u, v)
 
+    def values(self, stencil: Stencil) -> Any:
+        """(…, 4) :data:`SAMPLE_DTYPE`: d_t (3 channels, NaN invalid) and ω′_t·τ_t (NaN outside)."""
+        xp = self.xp
+        values = apply_stencil(xp, stencil, self.packed, xp.dtype(SAMPLE_DTYPE))
+        values[..., 3] *= self.tau
+        return values
+
     def samples(self, stencil: Stencil) -> tuple[Any, Any, Any]:
         """d (…, 3) (NaN invalid), f (…, 3) (ω′ where d and ω′ are finite, else 0) and that mask.
 
         ω′ is NaN only outside the tile (w has no NaN), where d is NaN too: d's mask is f's.
         """
         xp = self.xp
-        values = apply_stencil(xp, stencil, self.packed, xp.dtype(SAMPLE_DTYPE))
+        values = self.values(stencil)
         data = values[..., :3]
         good = xp.isfinite(data)
-        return data, xp.where(good, values[..., 3:] * self.tau, 0.0), good
+        return data, xp.where(good, values[..., 3:], 0.0), good
 
     def union_values(self, stencil: Stencil) -> Any:
         """§5.3 step 4: bilinear b_t, NaN → 0, clipped to [0, 1], float32 (stencil shape)."""
@@ -156,19 +164,47 @@ def _rows_in(box: Box | None, g0: int, g1: int) -> tuple[int, int] | None:
     return (r0, r1) if r1 > r0 else None
 
 
-def coadd_block(backend: Backend, store: TileStore, tiles: Sequence[TilePlan], grid: OutputGrid,
-                block: Box, *, offsets_attr: str = "bg_offsets", with_union: bool = True,
-                two_pass: bool = False, step: int = DEFAULT_CONTROL_STEP) -> BlockResult:
-    """§4.5 + §5.1–§5.3 on one block: Σ f·(d − k) / Σ f per channel, coverage, alpha union.
+@dataclass
+class TileSamples:
+    """One tile resampled over its data box within a block (HWC float32).
 
-    Every tile touching the block is mapped and read once (:func:`open_view`); the block
-    is then finished in row chunks of about :data:`CHUNK_PIXELS`: each chunk accumulates
-    its tiles in input order in float64 and is divided and cast to float32 at once.
+    ``data``: (h, w, 3) d_t, NaN where invalid; ``weight``: (h, w, 1) ω′_t·τ_t (NaN outside).
+    """
+
+    tile: TilePlan
+    box: Box
+    data: Any
+    weight: Any
+
+
+@dataclass
+class BlockSamples:
+    """Every tile resampled on one block, in input order, and the block's alpha union U (or None)."""
+
+    box: Box
+    tiles: list[TileSamples]
+    union: Any
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.data.nbytes + t.weight.nbytes for t in self.tiles) + \
+            (0 if self.union is None else self.union.nbytes)
+
+
+def sample_block(backend: Backend, store: TileStore, tiles: Sequence[TilePlan], grid: OutputGrid,
+                 block: Box, *, with_union: bool = True, two_pass: bool = False,
+                 step: int = DEFAULT_CONTROL_STEP) -> BlockSamples:
+    """§4.2 and §5.3 step 4 on one block: d_t and ω′_t of every tile touching it, and U.
+
+    Each tile is mapped and read once over the bounding box of its data box and union box
+    (:func:`open_view`), then sampled in row chunks of about :data:`CHUNK_PIXELS` with one
+    stencil per chunk for data, weight and b_t.  The result does not depend on the
+    background offsets, so the background stage can sample a block and pass 1 reuse it.
     """
     xp = backend.xp
     y0, y1, x0, x1 = block
-    h, w = y1 - y0, x1 - x0
-    views = []
+    union = xp.zeros((y1 - y0, x1 - x0), dtype=xp.float32) if with_union else None
+    sampled: list[TileSamples] = []
     for tile in tiles:
         data_box = intersect(tile.box, block)
         union_box = intersect(tile.union_bbox, block) if with_union else None
@@ -179,46 +215,78 @@ def coadd_block(backend: Backend, store: TileStore, tiles: Sequence[TilePlan], g
                          want_union=union_box is not None, step=step,
                          gain_override=tile.two_pass_gain if two_pass else None,
                          binary_weights=two_pass)
-        if view is not None:
-            k = backend.asarray(np.asarray(getattr(tile, offsets_attr), dtype=np.float64))
-            views.append((view, data_box, union_box, k, bool(xp.isfinite(k).all())))
+        if view is None:
+            continue
+        if data_box is not None:
+            dh, dw = data_box[1] - data_box[0], data_box[3] - data_box[2]
+            data = xp.empty((dh, dw, 3), dtype=xp.dtype(SAMPLE_DTYPE))
+            weight = xp.empty((dh, dw, 1), dtype=xp.dtype(SAMPLE_DTYPE))
+            cc = slice(data_box[2] - rect[2], data_box[3] - rect[2])
+        for rows, stencil in view.chunks():
+            g0, g1 = rect[0] + rows.start, rect[0] + rows.stop
+            data_rows = _rows_in(data_box, g0, g1)
+            if data_rows is not None:
+                values = view.values(stencil)
+                cr = slice(data_rows[0] - g0, data_rows[1] - g0)
+                out = slice(data_rows[0] - data_box[0], data_rows[1] - data_box[0])
+                data[out] = values[cr, cc, :3]
+                weight[out] = values[cr, cc, 3:]
+            union_rows = _rows_in(union_box, g0, g1)
+            if union_rows is not None:
+                cr = slice(union_rows[0] - g0, union_rows[1] - g0)
+                uc = slice(union_box[2] - rect[2], union_box[3] - rect[2])
+                vals = view.union_values(stencil)[cr, uc]
+                target = union[union_rows[0] - y0:union_rows[1] - y0, union_box[2] - x0:union_box[3] - x0]
+                xp.maximum(target, vals, out=target)
+        if data_box is not None:
+            sampled.append(TileSamples(tile, data_box, data, weight))
+    return BlockSamples(block, sampled, union)
+
+
+def coadd_block(backend: Backend, store: TileStore, tiles: Sequence[TilePlan], grid: OutputGrid,
+                block: Box, *, offsets_attr: str = "bg_offsets", with_union: bool = True,
+                two_pass: bool = False, step: int = DEFAULT_CONTROL_STEP,
+                samples: BlockSamples | None = None) -> BlockResult:
+    """§4.5 + §5.1–§5.3 on one block: Σ f·(d − k) / Σ f per channel, coverage, alpha union.
+
+    ``samples`` (from :func:`sample_block` with the same arguments) are used instead of
+    resampling.  The block is finished in row chunks of about :data:`CHUNK_PIXELS`: each
+    chunk accumulates its tiles in input order in float64 and is divided and cast to
+    float32 at once.
+    """
+    xp = backend.xp
+    if samples is None:
+        samples = sample_block(backend, store, tiles, grid, block, with_union=with_union,
+                               two_pass=two_pass, step=step)
+    y0, y1, x0, x1 = block
+    h, w = y1 - y0, x1 - x0
+    offsets = []
+    for item in samples.tiles:
+        k = backend.asarray(np.asarray(getattr(item.tile, offsets_attr), dtype=np.float64))
+        offsets.append((k, bool(xp.isfinite(k).all())))
     mosaic = xp.zeros((h, w, 3), dtype=xp.float32)
     coverage = xp.zeros((h, w), dtype=xp.float32)
-    union = xp.zeros((h, w), dtype=xp.float32) if with_union else None
     rows_per_chunk = max(1, CHUNK_PIXELS // max(1, w))
     for c0 in range(0, h, rows_per_chunk):
         c1 = min(h, c0 + rows_per_chunk)
         g0, g1 = y0 + c0, y0 + c1
         sums = xp.zeros((c1 - c0, w, 3), dtype=xp.float64)
         wsum = xp.zeros((c1 - c0, w, 3), dtype=xp.float64)
-        for view, data_box, union_box, k, finite_k in views:
-            rect = view.box
-            span = _rows_in(rect, g0, g1)
-            if span is None:
+        for item, (k, finite_k) in zip(samples.tiles, offsets):
+            box = item.box
+            rows = _rows_in(box, g0, g1)
+            if rows is None:
                 continue
-            data_rows = _rows_in(data_box, *span)
-            union_rows = _rows_in(union_box, *span)
-            if data_rows is None and union_rows is None:
-                continue
-            vr = slice(span[0] - rect[0], span[1] - rect[0])
-            stencil = view.stencil(view.uu[vr], view.vv[vr])
-            if data_rows is not None:
-                d, f, good = view.samples(stencil)
-                cr = slice(data_rows[0] - span[0], data_rows[1] - span[0])
-                cc = slice(data_box[2] - rect[2], data_box[3] - rect[2])
-                d, f, good = d[cr, cc], f[cr, cc], good[cr, cc]
-                sy = slice(data_rows[0] - g0, data_rows[1] - g0)
-                sx = slice(data_box[2] - x0, data_box[3] - x0)
-                # f·(d − k), 0 where f = 0; with a finite k, (d − k)·f is already 0 wherever d is finite
-                shifted = xp.where(good, d - k, 0.0) if finite_k else xp.where(f == 0, 0.0, d - k)
-                sums[sy, sx] += shifted * f
-                wsum[sy, sx] += f
-            if union_rows is not None:
-                cr = slice(union_rows[0] - span[0], union_rows[1] - span[0])
-                cc = slice(union_box[2] - rect[2], union_box[3] - rect[2])
-                vals = view.union_values(stencil)[cr, cc]
-                target = union[union_rows[0] - y0:union_rows[1] - y0, union_box[2] - x0:union_box[3] - x0]
-                xp.maximum(target, vals, out=target)
+            part = slice(rows[0] - box[0], rows[1] - box[0])
+            d = item.data[part]
+            good = xp.isfinite(d)
+            f = xp.where(good, item.weight[part], 0.0)
+            sy = slice(rows[0] - g0, rows[1] - g0)
+            sx = slice(box[2] - x0, box[3] - x0)
+            # f·(d − k), 0 where f = 0; with a finite k, (d − k)·f is already 0 wherever d is finite
+            shifted = xp.where(good, d - k, 0.0) if finite_k else xp.where(f == 0, 0.0, d - k)
+            sums[sy, sx] += shifted * f
+            wsum[sy, sx] += f
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = sums / wsum
         mosaic[c0:c1] = xp.where(wsum == 0, 0.0, mean)
@@ -228,8 +296,35 @@ def coadd_block(backend: Backend, store: TileStore, tiles: Sequence[TilePlan], g
     cols_any = xp.nonzero(covered.any(axis=0))[0]
     covered_rows = (int(rows_any[0]) + y0, int(rows_any[-1]) + y0 + 1) if rows_any.size else None
     covered_cols = (int(cols_any[0]) + x0, int(cols_any[-1]) + x0 + 1) if cols_any.size else None
+    union = samples.union
     return BlockResult(block, backend.to_host(mosaic), backend.to_host(coverage),
                        None if union is None else backend.to_host(union), covered_rows, covered_cols)
+
+
+class SampleCache:
+    """Block samples kept from the background stage for pass 1, within ``capacity`` bytes (thread-safe)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = max(0, int(capacity))
+        self.used = 0
+        self.items: dict[Box, BlockSamples] = {}
+        self._lock = threading.Lock()
+
+    def put(self, samples: BlockSamples) -> bool:
+        size = samples.nbytes
+        with self._lock:
+            if samples.box in self.items or self.used + size > self.capacity:
+                return False
+            self.items[samples.box] = samples
+            self.used += size
+            return True
+
+    def pop(self, box: Box) -> BlockSamples | None:
+        with self._lock:
+            samples = self.items.pop(box, None)
+            if samples is not None:
+                self.used -= samples.nbytes
+            return samples
 
 
 def tile_strips(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputGrid, *,

@@ -33,7 +33,7 @@ from ..store.mosaic import MosaicStore
 from ..store.tiles import TileCache, TileStore, ingest_tiles
 from .background import background_offsets
 from .calibrate import CalibrationResult, calibrate
-from .coadd import coadd_block, union_bbox
+from .coadd import SampleCache, coadd_block, union_bbox
 from .finish import alpha_source_index, alpha_u8, autocrop_window, finish_values
 from .grid import Box, compute_output_grid, grid_from_header, halo_superblocks, iter_blocks, reproject_box
 from .mapping import OutputGrid
@@ -529,6 +529,8 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
 
     # ---- alpha-union bboxes (§5.3) and background offsets (§4)
     t0 = time.perf_counter()
+    # the background stage resamples the pass-1 blocks; pass 1 reuses them (in process only)
+    samples_cache = SampleCache(int(opts.memory_budget) // TILE_CACHE_SHARE) if runner.client is None else None
     if not stage_done("background"):
         for tile in tiles:
             tile.union_bbox = union_bbox(backend, tile_store, tile, out_grid,
@@ -538,6 +540,8 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         strip = strip_pixels(int(opts.memory_budget))
         offsets, _ = background_offsets(
             backend, tile_store, tiles, out_grid, strip_pixels=strip, workers=workers,
+            blocks=list(iter_blocks(shape_hw, block)), cache=samples_cache,
+            diff_bytes=int(opts.memory_budget) // TILE_CACHE_SHARE,
             progress=lambda k, n: (progress.advance("background", 0), rss.sample()))
         progress.finish("background")
         for tile, row in zip(tiles, offsets):
@@ -560,7 +564,8 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     held = _HeldBlocks(int(opts.memory_budget) // TILE_CACHE_SHARE)
 
     def pass1_task(box: Box, be: Backend) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
-        result = coadd_block(be, tile_store, tiles, out_grid, box)
+        samples = samples_cache.pop(box) if samples_cache is not None else None
+        result = coadd_block(be, tile_store, tiles, out_grid, box, samples=samples)
         y0, y1, x0, x1 = box
         p1[y0:y1, x0:x1, :] = result.mosaic
         p1_cov[y0:y1, x0:x1] = result.coverage
