@@ -35,8 +35,8 @@ from .grid import Box, intersect
 from .mapping import DEFAULT_CONTROL_STEP, OutputGrid, map_region
 from .plan import geometry, read_raw_region
 from .prep import TilePlan, prepare_region, union_mask
-from .resample import (Stencil, apply_stencil, bilinear_stencil, nearest_index, pack_planes,
-                       region_bounds)
+from .resample import (Stencil, apply_stencil, apply_stencil_binary, bilinear_stencil, nearest_index,
+                       pack_planes, region_bounds)
 
 CHUNK_PIXELS = 1 << 15   # output pixels sampled at once (temporaries of ≤ 1 MiB, in cache)
 SAMPLE_DTYPE = "float32"  # interpolation arithmetic of d_t and ω′_t (see the module docstring)
@@ -102,9 +102,7 @@ class TileView:
 
     def union_values(self, stencil: Stencil) -> Any:
         """§5.3 step 4: bilinear b_t, NaN → 0, clipped to [0, 1], float32 (stencil shape)."""
-        xp = self.xp
-        vals = apply_stencil(xp, stencil, self.union)[..., 0]
-        return xp.clip(xp.nan_to_num(vals, nan=0.0), 0.0, 1.0).astype(xp.float32)
+        return apply_stencil_binary(self.xp, stencil, self.union[:, 0])
 
 
 def open_view(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputGrid, box: Box, *,

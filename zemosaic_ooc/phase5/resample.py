@@ -128,11 +128,37 @@ def apply_stencil(xp: Any, stencil: Stencil, packed: Any, dtype: Any = None) -> 
     if dtype is not None:
         fu = fu.astype(dtype)
         fv = fv.astype(dtype)
-    wu0 = 1 - fu
-    wv0 = 1 - fv
-    values = wv0 * (wu0 * p00 + fu * p01) + fv * (wu0 * p10 + fu * p11)
+    values = _bilinear(p00, p01, p10, p11, fu, fv)
     values = xp.where(s.inside[:, None], values, xp.nan)
     return values.reshape(s.shape + (packed.shape[1],))
+
+
+def _bilinear(p00: Any, p01: Any, p10: Any, p11: Any, fu: Any, fv: Any) -> Any:
+    """scipy's order-1 combination of the four stencil values."""
+    wu0 = 1 - fu
+    wv0 = 1 - fv
+    return wv0 * (wu0 * p00 + fu * p01) + fv * (wu0 * p10 + fu * p11)
+
+
+def apply_stencil_binary(xp: Any, stencil: Stencil, plane: Any) -> Any:
+    """clip(nan_to_num(bilinear sample), 0, 1) as float32 of a flat 0/1 plane; 0 outside.
+
+    The float64 combination runs only where the four stencil values differ: where they
+    are all 1 (all 0) it is within a few float64 ulps of 1 (equal to 0), which rounds to
+    exactly 1 (0) in float32, so the result is the full computation's.
+    """
+    s = stencil
+    b00 = xp.take(plane, s.index)
+    b01 = xp.take(plane, s.index + s.step_x)
+    b10 = xp.take(plane, s.index + s.step_y)
+    b11 = xp.take(plane, s.index + (s.step_y + s.step_x))
+    total = b00 + b01 + b10 + b11
+    out = ((total == 4) & s.inside).astype(xp.float32)
+    mixed = xp.nonzero(s.inside & (total > 0) & (total < 4))[0]
+    if mixed.size:
+        values = _bilinear(b00[mixed], b01[mixed], b10[mixed], b11[mixed], s.fu[mixed], s.fv[mixed])
+        out[mixed] = xp.clip(values, 0.0, 1.0)
+    return out.reshape(s.shape)
 
 
 def nearest_index(xp: Any, origin: tuple[int, int], region_hw: tuple[int, int],
