@@ -9,7 +9,8 @@ from zemosaic_ooc.backend import numpy_backend
 from zemosaic_ooc.demo import make_demo_tiles
 from zemosaic_ooc.options import Phase5Options
 from zemosaic_ooc.phase5.background import background_offsets
-from zemosaic_ooc.phase5.coadd import SampleCache, coadd_block, union_bbox
+from zemosaic_ooc.memory import MemoryShelf
+from zemosaic_ooc.phase5.coadd import coadd_block, union_bbox
 from zemosaic_ooc.phase5.grid import compute_output_grid, iter_blocks, reproject_box
 from zemosaic_ooc.phase5.mapping import OutputGrid
 from zemosaic_ooc.phase5.plan import build_tile_plans, geometry
@@ -34,7 +35,7 @@ def setup(tmp_path_factory):
 def test_background_by_blocks_equals_pair_by_pair(setup):
     backend, store, tiles, grid, blocks = setup
     by_pairs, m_pairs = background_offsets(backend, store, tiles, grid)
-    cache = SampleCache(1 << 30)
+    cache = MemoryShelf(1 << 30)
     by_blocks, m_blocks = background_offsets(backend, store, tiles, grid, blocks=blocks, cache=cache,
                                              diff_bytes=1 << 30, workers=2)
     assert np.array_equal(np.isnan(m_pairs), np.isnan(m_blocks))
@@ -48,7 +49,7 @@ def test_pass1_on_kept_samples_equals_resampling(setup):
     offsets, _ = background_offsets(backend, store, tiles, grid)
     for tile, row in zip(tiles, offsets):
         tile.bg_offsets = [float(v) for v in row]
-    cache = SampleCache(1 << 30)
+    cache = MemoryShelf(1 << 30)
     background_offsets(backend, store, tiles, grid, blocks=blocks, cache=cache, diff_bytes=1 << 30)
     for block in blocks:
         fresh = coadd_block(backend, store, tiles, grid, block)
@@ -61,7 +62,7 @@ def test_pass1_on_kept_samples_equals_resampling(setup):
 
 def test_sample_cache_respects_its_capacity(setup):
     backend, store, tiles, grid, blocks = setup
-    cache = SampleCache(200_000)
+    cache = MemoryShelf(200_000)
     background_offsets(backend, store, tiles, grid, blocks=blocks, cache=cache, diff_bytes=1 << 30)
     assert 0 < cache.used <= cache.capacity
     assert 0 < len(cache.items) < len(blocks)

@@ -23,8 +23,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..backend import Backend
+from ..memory import MemoryShelf
 from ..store.tiles import TileStore
-from .coadd import SampleCache, open_view, sample_block
+from .coadd import open_view, sample_block
 from .grid import Box, intersect
 from .mapping import DEFAULT_CONTROL_STEP, OutputGrid
 from .prep import TilePlan
@@ -116,14 +117,15 @@ def _median(pieces: list[np.ndarray]) -> float:
 def block_pair_offsets(backend: Backend, store: TileStore, tiles: Sequence[TilePlan], grid: OutputGrid,
                        pairs: Sequence[tuple[TilePlan, TilePlan]], blocks: Sequence[Box], *,
                        step: int = DEFAULT_CONTROL_STEP, workers: int = 1,
-                       cache: SampleCache | None = None,
+                       cache: MemoryShelf | None = None,
                        progress: Callable[[int, int], None] | None = None) -> list[list[float]]:
     """O_st of every pair from a walk over the output blocks (the pass-1 blocks).
 
     Each block is resampled once with :func:`~.coadd.sample_block` (all its tiles, their
     union); the difference values of every pair overlapping there are gathered (every
     pixel of an overlap lies in exactly one block) and each median is taken exactly at
-    the end.  The block samples go into ``cache`` (while it has room) for pass 1.
+    the end.  The block samples go into ``cache`` (keyed by block, while it has room) for
+    pass 1.
     Memory: the gathered differences, 12 bytes per overlap pixel, plus a block per worker.
     """
     pieces: dict[tuple[int, int], list[list[np.ndarray]]] = {
@@ -154,7 +156,7 @@ def block_pair_offsets(backend: Backend, store: TileStore, tiles: Sequence[TileP
                     if values[c].size:
                         pieces[key][c].append(values[c])
         if cache is not None:
-            cache.put(samples)
+            cache.put(block, samples, samples.nbytes)
 
     xp = backend.xp
     with cf.ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
@@ -170,7 +172,7 @@ def background_offsets(backend: Backend, store: TileStore, tiles: Sequence[TileP
                        progress: Callable[[int, int], None] | None = None,
                        step: int = DEFAULT_CONTROL_STEP,
                        strip_pixels: int = 1 << 20, workers: int = 1,
-                       blocks: Sequence[Box] | None = None, cache: SampleCache | None = None,
+                       blocks: Sequence[Box] | None = None, cache: MemoryShelf | None = None,
                        diff_bytes: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Per-tile, per-channel offsets k (N × 3) and the pairwise matrices (3 × K × K).
 

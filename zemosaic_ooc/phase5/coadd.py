@@ -23,7 +23,6 @@ rounding decides 254 against 255).
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -297,32 +296,6 @@ def coadd_block(backend: Backend, store: TileStore, tiles: Sequence[TilePlan], g
     union = samples.union
     return BlockResult(block, backend.to_host(mosaic), backend.to_host(coverage),
                        None if union is None else backend.to_host(union), covered_rows, covered_cols)
-
-
-class SampleCache:
-    """Block samples kept from the background stage for pass 1, within ``capacity`` bytes (thread-safe)."""
-
-    def __init__(self, capacity: int):
-        self.capacity = max(0, int(capacity))
-        self.used = 0
-        self.items: dict[Box, BlockSamples] = {}
-        self._lock = threading.Lock()
-
-    def put(self, samples: BlockSamples) -> bool:
-        size = samples.nbytes
-        with self._lock:
-            if samples.box in self.items or self.used + size > self.capacity:
-                return False
-            self.items[samples.box] = samples
-            self.used += size
-            return True
-
-    def pop(self, box: Box) -> BlockSamples | None:
-        with self._lock:
-            samples = self.items.pop(box, None)
-            if samples is not None:
-                self.used -= samples.nbytes
-            return samples
 
 
 def tile_strips(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputGrid, *,

@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import shutil
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 import psutil
 
 from ..backend import Backend, numpy_backend, select_backend
-from ..memory import release_memory, strip_pixels
+from ..memory import MemoryShelf, release_memory, strip_pixels
 from ..errors import InputError, StoreError
 from ..options import Phase5Options
 from ..progress import NullProgress, ProgressSink
@@ -33,7 +32,7 @@ from ..store.mosaic import MosaicStore
 from ..store.tiles import TileCache, TileStore, ingest_tiles
 from .background import background_offsets
 from .calibrate import CalibrationResult, calibrate
-from .coadd import SampleCache, coadd_block, union_bbox
+from .coadd import coadd_block, union_bbox
 from .finish import alpha_source_index, alpha_u8, autocrop_window, finish_values
 from .grid import Box, compute_output_grid, grid_from_header, halo_superblocks, iter_blocks, reproject_box
 from .mapping import OutputGrid
@@ -43,7 +42,8 @@ from .prep import TilePlan
 log = logging.getLogger(__name__)
 
 BYTES_PER_BLOCK_PIXEL = 220   # working set of a pass-1 block task per output pixel (measured)
-TILE_CACHE_SHARE = 4          # whole tiles kept in memory: up to 1/4 of the memory budget
+MEMORY_SHARE = 4  # each in-memory hand-over (tile cache, background differences, block samples,
+                  # pass-1 blocks for finish) may hold up to 1/4 of the memory budget
 
 
 @dataclass
@@ -128,31 +128,6 @@ class _PeakRss:
         rss = self.process.memory_info().rss
         self.peak = max(self.peak, rss)
         return self.peak
-
-
-class _HeldBlocks:
-    """Finished pass-1 block arrays kept in memory, up to ``capacity`` bytes (thread-safe)."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.used = 0
-        self.items: dict[Box, tuple[np.ndarray, ...]] = {}
-        self.lock = threading.Lock()
-
-    def put(self, box: Box, arrays: tuple[np.ndarray, ...]) -> None:
-        size = sum(a.nbytes for a in arrays)
-        with self.lock:
-            old = self.items.pop(box, None)
-            self.used -= sum(a.nbytes for a in old) if old else 0
-            if self.used + size <= self.capacity:
-                self.items[box] = arrays
-                self.used += size
-
-    def pop(self, box: Box) -> tuple[np.ndarray, ...] | None:
-        with self.lock:
-            arrays = self.items.pop(box, None)
-            self.used -= sum(a.nbytes for a in arrays) if arrays else 0
-            return arrays
 
 
 def choose_block_size(opts: Phase5Options, workers: int, shape_hw: tuple[int, int] | None = None) -> int:
@@ -387,7 +362,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     kwargs_workers = workers
     workers = workers or min(os.cpu_count() or 1, 8)
     rss = _PeakRss()
-    tile_cache = TileCache(int(opts.memory_budget) // TILE_CACHE_SHARE)
+    tile_cache = TileCache(int(opts.memory_budget) // MEMORY_SHARE)
     stages: list[tuple[str, float]] = []
     warnings_list: list[str] = []
     output = Path(output)
@@ -530,7 +505,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     # ---- alpha-union bboxes (§5.3) and background offsets (§4)
     t0 = time.perf_counter()
     # the background stage resamples the pass-1 blocks; pass 1 reuses them (in process only)
-    samples_cache = SampleCache(int(opts.memory_budget) // TILE_CACHE_SHARE) if runner.client is None else None
+    samples_cache = MemoryShelf(int(opts.memory_budget) // MEMORY_SHARE) if runner.client is None else None
     if not stage_done("background"):
         for tile in tiles:
             tile.union_bbox = union_bbox(backend, tile_store, tile, out_grid,
@@ -541,7 +516,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         offsets, _ = background_offsets(
             backend, tile_store, tiles, out_grid, strip_pixels=strip, workers=workers,
             blocks=list(iter_blocks(shape_hw, block)), cache=samples_cache,
-            diff_bytes=int(opts.memory_budget) // TILE_CACHE_SHARE,
+            diff_bytes=int(opts.memory_budget) // MEMORY_SHARE,
             progress=lambda k, n: (progress.advance("background", 0), rss.sample()))
         progress.finish("background")
         for tile, row in zip(tiles, offsets):
@@ -561,16 +536,18 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     threshold = 0.0 if opts.crop_follow_signal else 1e-6
     # pass-1 blocks also kept in memory (within a share of the budget) for finish to use
     # instead of reading the stage arrays back
-    held = _HeldBlocks(int(opts.memory_budget) // TILE_CACHE_SHARE)
+    held = MemoryShelf(int(opts.memory_budget) // MEMORY_SHARE)
 
     def pass1_task(box: Box, be: Backend) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
         samples = samples_cache.pop(box) if samples_cache is not None else None
-        result = coadd_block(be, tile_store, tiles, out_grid, box, samples=samples)
+        result = coadd_block(be, tile_store, tiles, out_grid, box,
+                             samples=samples if be.xp is backend.xp else None)
         y0, y1, x0, x1 = box
         p1[y0:y1, x0:x1, :] = result.mosaic
         p1_cov[y0:y1, x0:x1] = result.coverage
         p1_union[y0:y1, x0:x1] = result.union
-        held.put(box, (result.mosaic, result.coverage, result.union))
+        arrays = (result.mosaic, result.coverage, result.union)
+        held.put(box, arrays, sum(a.nbytes for a in arrays))
         return _coverage_extent(result.coverage, box, threshold)
 
     def pass1_recover(box: Box):
