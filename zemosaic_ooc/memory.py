@@ -55,8 +55,15 @@ class MemoryShelf:
     """Values handed from one stage to a later one in memory, within ``capacity`` bytes.
 
     ``put`` keeps a value only while it fits (callers fall back to the store otherwise);
-    ``pop`` hands it over once and frees its share.  Thread-safe.
+    ``pop`` hands it over once and frees its share.  Thread-safe.  A shelf sent to another
+    process (a Dask worker) arrives empty: the values stay in the process that made them.
     """
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"capacity": self.capacity}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["capacity"])
 
     def __init__(self, capacity: int):
         self.capacity = max(0, int(capacity))
