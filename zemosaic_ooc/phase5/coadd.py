@@ -1,9 +1,11 @@
 """Per-tile resampled contributions and the weighted-mean block coadd (spec §4.2, §4.5, §5.1–§5.3).
 
-A block task computes its block completely: for every tile touching it, in
-input order, the resampled data d_t (float64, per channel) and weight f_t, the
-background offset k_t,c subtracted, float64 accumulation of Σ f·d and Σ f; and
-the alpha union U (float32 max over tiles).
+A block is done in two steps.  :func:`sample_block` resamples every tile touching
+it, in input order: data d_t (per channel) and weight ω′_t·τ_t, and the alpha
+union U (float32 max over tiles); these do not depend on the background offsets,
+so the background stage samples the blocks once and pass 1 reuses them.
+:func:`coadd_block` then subtracts k_t,c and accumulates Σ f·(d − k) and Σ f in
+float64, row chunk by row chunk.
 
 How a tile is resampled over a box of Ω (:class:`TileView`): the pixel mapping
 is evaluated once for the box (control grid, :func:`~.mapping.map_region`), the
@@ -16,10 +18,10 @@ in cache.  Arrays inside a block are HWC.
 
 Precision: d_t and ω′_t are interpolated in float32 (:data:`SAMPLE_DTYPE`; the
 planes are float32 anyway) and accumulated in float64, as §5.1 asks.  On the
-golden fixtures this moves the pass-1 mosaic by ≤ 1.6e-7 of P99 − P1 (float64
-interpolation: ≤ 3e-8; the mark is 1e-5) and the background offsets by
-≤ 4e-5 ADU (mark 1e-3).  The alpha union b_t stays float64 (§5.3: its float32
-rounding decides 254 against 255).
+golden fixtures the pass-1 mosaic stays within 1.6e-7 of P99 − P1 of ZeMosaic's
+(float64 interpolation: ≤ 3e-8; the mark is 1e-5) and the background offsets
+within 6e-5 ADU (mark 1e-3).  The alpha union's bilinear stays float64 (§5.3:
+its float32 rounding decides 254 against 255).
 """
 from __future__ import annotations
 

@@ -7,6 +7,9 @@ extension's **raw dtype** (§2.2 and §5.3 read float and uint8 alphas
 differently).  The group attribute ``tiles`` holds one record per tile: the
 whole primary header (WCS with SIP, frame counts, ZMT_* keys), the source file,
 its checksum and a few scalars derived from the full-resolution arrays.
+
+A :class:`TileCache` (one per store) keeps whole planes in memory within a byte
+budget, so the many region reads of a run are views instead of zarr reads.
 """
 from __future__ import annotations
 
