@@ -195,9 +195,10 @@ def _expand_columns(rows: np.ndarray, width: int, step: int) -> np.ndarray:
     n_cells = rows.shape[1] - 3
     taps = lagrange_taps(np.arange(step), step)          # (4, step), the same in every cell
     out = np.empty((height, n_cells, step), dtype=np.float64)
+    term = np.empty_like(out)
     np.multiply(rows[:, 0:n_cells, None], taps[0], out=out)
     for k in range(1, 4):
-        out += rows[:, k:k + n_cells, None] * taps[k]
+        out += np.multiply(rows[:, k:k + n_cells, None], taps[k], out=term)
     return out.reshape(height, n_cells * step)[:, :width]
 
 
