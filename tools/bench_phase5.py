@@ -24,7 +24,8 @@ Usage::
 
     python tools/bench_phase5.py --tiles 2x2 --tile-size 1024 --repeat 1 --out /tmp/zbench
     python tools/bench_phase5.py --sizes 2x2,3x3 --tile-size 1024 --first-pass-only
-    python tools/bench_phase5.py --tiles 2x2 --profile        # cProfile top 25 of our run
+    python tools/bench_phase5.py --sizes 2x2,3x3,4x4,5x5 --tile-sizes 1024,2048 --first-pass-only
+    python tools/bench_phase5.py --tiles 3x3 --profile        # + a profiled run: top 10 functions
 
 Times: zemosaic_ooc writes its zarr store (final and stage arrays) to disk; the anchor keeps
 its output in memory (as ZeMosaic's Phase 5 does before its own FITS export).
@@ -211,6 +212,7 @@ def run_child(args: list[str], timeout: float | None = None) -> dict[str, Any]:
 
 def worker_ours(ns: argparse.Namespace) -> dict[str, Any]:
     import numpy  # noqa: F401  (baseline: the same imports the pipeline needs)
+    import reproject.mosaicking  # noqa: F401  (the grid (§1.1) uses it; the anchor imports it too)
     from zemosaic_ooc.options import Phase5Options
     from zemosaic_ooc.phase5.pipeline import run_pipeline
     baseline = peak_rss_bytes()
@@ -240,29 +242,52 @@ def worker_ours(ns: argparse.Namespace) -> dict[str, Any]:
     summary = run_pipeline(tiles, out, opts, workers=ns.workers or None)
     wall = time.perf_counter() - t0
     trace = sampler.stop()
+    peak, ru_peak = peak_rss_bytes(), maxrss_bytes()     # before anything below allocates
+    profile_rows = None
     if prof is not None:
         prof.disable()
-        import io
-        import pstats
-        for key in ("cumulative", "tottime"):
-            s = io.StringIO()
-            pstats.Stats(prof, stream=s).sort_stats(key).print_stats(ns.profile)
-            print(f"---- cProfile (main thread only) sorted by {key}, top {ns.profile}")
-            print(s.getvalue())
+        profile_rows = profile_summary(prof, ns.profile)
+    import numpy as np
     import zarr
     g = zarr.open_group(str(out), mode="r")
+    coverage = g["coverage"]
+    rows = max(1, (1 << 22) // max(1, coverage.shape[1]))        # a few MiB at a time
+    covered = sum(int(np.count_nonzero(coverage[r:r + rows] > 0)) for r in range(0, coverage.shape[0], rows))
     header_text = g.attrs["output_wcs_header"]
     if ns.header_out:
         Path(ns.header_out).write_text(header_text)
     arrays = {name: int(g[name].nbytes) for name in ("mosaic", "coverage", "alpha")}
-    return {"side": "ours", "wall_s": wall, "peak_rss": peak_rss_bytes(), "ru_maxrss": maxrss_bytes(),
+    return {"side": "ours", "wall_s": wall, "peak_rss": peak, "ru_maxrss": ru_peak,
             "baseline_rss": baseline,
             "psutil_peak_rss": summary.peak_rss_bytes, "shape_hw": list(summary.shape_hw),
             "window": list(summary.window), "stages": [[n, s] for n, s in summary.stages],
             "block_size": summary.block_size, "workers": summary.workers,
             "output_array_bytes": arrays, "valid_fraction": summary.valid_fraction,
             "stage_peak_rss": stage_peaks(trace, t0, summary.stages),
+            "covered_pixels": covered, "profile": profile_rows,
             "summary": summary.format(), "package": str(Path(zemosaic_ooc.__file__).parent)}
+
+
+def profile_summary(prof: Any, top: int) -> list[list[Any]]:
+    """The ``top`` functions by own time: [name, own s, cumulative s, calls], zemosaic_ooc's first.
+
+    cProfile sees the thread that started it; the profiled run therefore uses one
+    worker, so every block task runs in that thread (zarr's own I/O thread is not seen:
+    its time shows as lock waits).
+    """
+    import pstats
+    stats = pstats.Stats(prof).stats
+    rows = []
+    for (filename, line, func), (_, calls, own, cumulative, _) in stats.items():
+        where = filename
+        if "zemosaic_ooc" in filename:
+            where = "zemosaic_ooc" + filename.split("zemosaic_ooc", 1)[1]
+        elif "site-packages/" in filename:
+            where = filename.split("site-packages/", 1)[1]
+        rows.append([f"{where}:{line}({func})", own, cumulative, calls])
+    rows.sort(key=lambda r: -r[1])
+    ours = [r for r in rows if r[0].startswith("zemosaic_ooc")][:top]
+    return [["all", *r] for r in rows[:top]] + [["zemosaic_ooc", *r] for r in ours]
 
 
 def worker_anchor(ns: argparse.Namespace) -> dict[str, Any]:
@@ -319,16 +344,18 @@ def worker_anchor(ns: argparse.Namespace) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- driver
 
-def bench_layout(nx: int, ny: int, ns: argparse.Namespace, root: Path) -> dict[str, Any]:
-    tile_hw = (ns.tile_size, ns.tile_size)
-    tdir = root / f"tiles_{nx}x{ny}_{ns.tile_size}_o{ns.overlap:g}_s{ns.seed}"
+def bench_layout(nx: int, ny: int, ns: argparse.Namespace, root: Path,
+                 tile_size: int | None = None) -> dict[str, Any]:
+    tile_size = tile_size or ns.tile_size
+    tile_hw = (tile_size, tile_size)
+    tdir = root / f"tiles_{nx}x{ny}_{tile_size}_o{ns.overlap:g}_s{ns.seed}"
     t0 = time.perf_counter()
     run_child(["--worker", "generate", "--tiles-dir", str(tdir), "--tiles", f"{nx}x{ny}",
-               "--tile-size", str(ns.tile_size), "--overlap", str(ns.overlap),
+               "--tile-size", str(tile_size), "--overlap", str(ns.overlap),
                "--seed", str(ns.seed)])
     gen_s = time.perf_counter() - t0
-    out_zarr = root / f"out_{nx}x{ny}_{ns.tile_size}.zarr"
-    header = root / f"grid_{nx}x{ny}_{ns.tile_size}.hdr"
+    out_zarr = root / f"out_{nx}x{ny}_{tile_size}.zarr"
+    header = root / f"grid_{nx}x{ny}_{tile_size}.hdr"
     ours_runs, anchor_runs = [], []
     for r in range(ns.repeat):
         cargs = ["--worker", "ours", "--tiles-dir", str(tdir), "--out-path", str(out_zarr),
@@ -341,11 +368,7 @@ def bench_layout(nx: int, ny: int, ns: argparse.Namespace, root: Path) -> dict[s
             cargs += ["--workers", str(ns.workers)]
         if ns.first_pass_only:
             cargs.append("--first-pass-only")
-        if ns.profile and r == 0:
-            cargs += ["--profile", str(ns.profile)]
         ours = run_child(cargs)
-        if ns.profile and r == 0:
-            print(ours["log"])
         ours_runs.append(ours)
         print(f"  [{nx}x{ny}] run {r + 1}/{ns.repeat} zemosaic_ooc {ours['wall_s']:.2f} s, "
               f"peak RSS {ours['peak_rss'] / MiB:.0f} MiB", flush=True)
@@ -362,8 +385,20 @@ def bench_layout(nx: int, ny: int, ns: argparse.Namespace, root: Path) -> dict[s
         anchor_runs.append(anchor)
         print(f"  [{nx}x{ny}] run {r + 1}/{ns.repeat} reproject_and_coadd {anchor['wall_s']:.2f} s, "
               f"peak RSS {anchor['peak_rss'] / MiB:.0f} MiB", flush=True)
+    profile = None
+    if ns.profile:
+        # an extra run, not timed: one worker so that cProfile sees every block task
+        pargs = list(cargs)
+        if "--workers" in pargs:
+            at = pargs.index("--workers")
+            del pargs[at:at + 2]
+        profile = run_child(pargs + ["--workers", "1", "--profile", str(ns.profile)])
+        if not ns.keep:
+            shutil.rmtree(out_zarr, ignore_errors=True)
     return {"layout": f"{nx}x{ny}", "tile_hw": list(tile_hw), "n_tiles": nx * ny,
-            "tiles_dir": str(tdir), "generate_s": gen_s, "ours": ours_runs, "anchor": anchor_runs}
+            "tiles_dir": str(tdir), "generate_s": gen_s, "ours": ours_runs, "anchor": anchor_runs,
+            "profile": None if profile is None else {"wall_s": profile["wall_s"],
+                                                     "rows": profile["profile"]}}
 
 
 def best(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -375,12 +410,12 @@ def format_stage_peaks(peaks: list[list[Any]]) -> str:
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
-    head = ("| layout | tile px | output Mpix | zemosaic_ooc s | anchor s | anchor/ours | "
-            "ours Mpix/s | anchor Mpix/s | ours peak RSS MiB | anchor peak RSS MiB |")
+    head = ("| layout | tile px | output Mpix | covered Mpix | zemosaic_ooc s | anchor s | anchor/ours | "
+            "ours Mpix/s | anchor Mpix/s | ours s / covered Mpix | ours peak RSS MiB | anchor peak RSS MiB |")
     # peak RSS = VmHWM of each child process (see maxrss_bytes)
     lines = ["times: best of the runs (run_pipeline / the three reproject_and_coadd calls, tiles read "
              "included); peak RSS: VmHWM of each child, worst of the runs", "",
-             head, "|" + "---|" * 10]
+             head, "|" + "---|" * 12]
     for res in results:
         o, a = best(res["ours"]), best(res["anchor"])
         h, w = o["shape_hw"]
@@ -390,10 +425,13 @@ def format_table(results: list[dict[str, Any]]) -> str:
         a_mps = f"{mpix / a['wall_s']:.2f}" if a else "-"
         a_rss = f"{max(r['peak_rss'] for r in res['anchor']) / MiB:.0f}" if a else "-"
         o_rss = max(r["peak_rss"] for r in res["ours"]) / MiB
+        covered = o.get("covered_pixels", 0) / 1e6
+        per_mpx = f"{o['wall_s'] / covered:.3f}" if covered else "-"
         lines.append(f"| {res['layout']} | {res['tile_hw'][0]}x{res['tile_hw'][1]} | {mpix:.2f} "
-                     f"({h}x{w}) | {o['wall_s']:.2f} | {a_s} | {ratio} | {mpix / o['wall_s']:.2f} | "
-                     f"{a_mps} | {o_rss:.0f} | {a_rss} |")
+                     f"({h}x{w}) | {covered:.2f} | {o['wall_s']:.2f} | {a_s} | {ratio} | "
+                     f"{mpix / o['wall_s']:.2f} | {a_mps} | {per_mpx} | {o_rss:.0f} | {a_rss} |")
     lines.append("")
+    lines += linearity_lines(results)
     lines.append("Baseline RSS after imports (child): "
                  + "; ".join(f"{res['layout']}: ours {best(res['ours'])['baseline_rss'] / MiB:.0f} MiB"
                              + (f", anchor {best(res['anchor'])['baseline_rss'] / MiB:.0f} MiB"
@@ -412,7 +450,34 @@ def format_table(results: list[dict[str, Any]]) -> str:
                      + format_stage_peaks(o.get("stage_peak_rss", [])))
         if a:
             lines.append(f"  {res['layout']} anchor: " + ", ".join(f"{n} {s:.2f}s" for n, s in a["stages"]))
+    for res in results:
+        prof = res.get("profile")
+        if not prof or not prof.get("rows"):
+            continue
+        lines.append("")
+        lines.append(f"CPU profile, {res['layout']} x {res['tile_hw'][0]} px, one worker "
+                     f"({prof['wall_s']:.2f} s under cProfile): top functions by own time")
+        for scope, title in (("all", "all code"), ("zemosaic_ooc", "zemosaic_ooc's own functions")):
+            lines.append(f"  {title}:")
+            for _, name, own, cumulative, calls in [r for r in prof["rows"] if r[0] == scope]:
+                lines.append(f"    {own:7.3f} s own {cumulative:7.3f} s cum {calls:7d} calls  {name}")
     return "\n".join(lines)
+
+
+def linearity_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Issue 8: s per covered Mpix of each layout against their mean, per tile size."""
+    lines = []
+    for size in sorted({res["tile_hw"][0] for res in results}):
+        rates = [(res["layout"], best(res["ours"])["wall_s"] / (best(res["ours"])["covered_pixels"] / 1e6))
+                 for res in results if res["tile_hw"][0] == size and best(res["ours"]).get("covered_pixels")]
+        if len(rates) < 2:
+            continue
+        mean = sum(r for _, r in rates) / len(rates)
+        spread = ", ".join(f"{name} {100 * (r / mean - 1):+.0f} %" for name, r in rates)
+        worst = max(abs(r / mean - 1) for _, r in rates)
+        lines.append(f"Linearity, {size} px tiles: mean {mean:.3f} s per covered Mpix; {spread} "
+                     f"(largest deviation {100 * worst:.0f} %, issue 8 asks within 20 %)")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default=None,
                    help="comma-separated list of layouts, e.g. 2x2,3x3 (overrides --tiles)")
     p.add_argument("--tile-size", type=int, default=1024, help="tile side in px (default 1024)")
+    p.add_argument("--tile-sizes", default=None,
+                   help="comma-separated tile sides, e.g. 1024,2048: every layout at each (overrides --tile-size)")
     p.add_argument("--overlap", type=float, default=0.3, help="tile overlap fraction (default 0.3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeat", type=int, default=1, help="runs per side; the best wall time is shown")
@@ -436,8 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="master-tile crop of the anchor (ZeMosaic's default 3 %%, as ours)")
     p.add_argument("--no-crop", action="store_true", help="anchor without the master-tile crop")
     p.add_argument("--no-anchor", action="store_true", help="only run zemosaic_ooc")
-    p.add_argument("--profile", type=int, default=0, metavar="N",
-                   help="cProfile our first run and print the top N functions")
+    p.add_argument("--profile", type=int, nargs="?", const=10, default=0, metavar="N",
+                   help="one extra, untimed run of ours with one worker under cProfile: print the "
+                        "top N functions by own time (default 10)")
     p.add_argument("--keep", action="store_true", help="keep the output stores")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     # worker mode (internal)
@@ -473,11 +541,13 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     print(f"machine: {info['nproc']} CPU(s), {info['ram_gib']} GiB RAM, {info['cpu']}; "
           f"Python {info['python']}; " + ", ".join(f"{k} {v}" for k, v in versions().items()))
-    print(f"tile side {ns.tile_size} px, overlap {ns.overlap}, first-pass-only={ns.first_pass_only}, "
+    print(f"tile side {ns.tile_sizes or ns.tile_size} px, overlap {ns.overlap}, first-pass-only={ns.first_pass_only}, "
           f"repeat {ns.repeat}, work folder {root}", flush=True)
     results = []
-    for nx, ny in layouts:
-        results.append(bench_layout(nx, ny, ns, root))
+    sizes = [int(v) for v in ns.tile_sizes.split(",")] if ns.tile_sizes else [ns.tile_size]
+    for size in sizes:
+        for nx, ny in layouts:
+            results.append(bench_layout(nx, ny, ns, root, size))
     print()
     print(format_table(results))
     if ns.json:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import threading
+from typing import Any, Hashable
 
 _libc = None
 _M_ARENA_MAX = -8
@@ -47,3 +49,43 @@ def strip_pixels(budget_bytes: int, bytes_per_pixel: int = 256, *, minimum: int 
                  maximum: int = 1 << 22) -> int:
     """How many output pixels a strip task may hold within a share of the budget."""
     return int(max(minimum, min(maximum, budget_bytes // (2 * bytes_per_pixel))))
+
+
+class MemoryShelf:
+    """Values handed from one stage to a later one in memory, within ``capacity`` bytes.
+
+    ``put`` keeps a value only while it fits (callers fall back to the store otherwise);
+    ``pop`` hands it over once and frees its share.  Thread-safe.  A shelf sent to another
+    process (a Dask worker) arrives empty: the values stay in the process that made them.
+    """
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"capacity": self.capacity}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["capacity"])
+
+    def __init__(self, capacity: int):
+        self.capacity = max(0, int(capacity))
+        self.used = 0
+        self.items: dict[Hashable, tuple[Any, int]] = {}
+        self._lock = threading.Lock()
+
+    def put(self, key: Hashable, value: Any, nbytes: int) -> bool:
+        with self._lock:
+            old = self.items.pop(key, None)
+            if old is not None:
+                self.used -= old[1]
+            if self.used + nbytes > self.capacity:
+                return False
+            self.items[key] = (value, nbytes)
+            self.used += nbytes
+            return True
+
+    def pop(self, key: Hashable) -> Any | None:
+        with self._lock:
+            item = self.items.pop(key, None)
+            if item is None:
+                return None
+            self.used -= item[1]
+            return item[0]

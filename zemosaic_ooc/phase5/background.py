@@ -2,21 +2,31 @@
 
 For every pair s < t of tiles whose §4.2 boxes intersect, the median over the
 overlap pixels (both weights > 0) of d_s − d_t, per channel, at full output
-resolution.  The overlap is walked in row strips so memory stays bounded; the
-difference values of one pair (at most a tile's worth) are gathered and the
-median is taken exactly with numpy.  The offsets k then solve reproject's
-least-squares system directly (its SGD converges to the same solution).
+resolution.  The difference values are gathered and each median is taken
+exactly with numpy, in one of two ways that give the same values:
+
+* by blocks (pass 1, when all the differences fit in the memory given): one walk
+  over the pass-1 blocks resamples every tile once per block; the block samples
+  are kept for pass 1, which then does not resample them;
+* pair by pair: each overlap is walked in row strips, so memory stays bounded
+  by a tile's worth of differences.
+
+The offsets k then solve reproject's least-squares system directly (its SGD
+converges to the same solution).
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
+import threading
 from typing import Callable, Sequence
 
 import numpy as np
 
 from ..backend import Backend
+from ..memory import MemoryShelf
 from ..store.tiles import TileStore
-from .coadd import tile_samples
-from .grid import Box
+from .coadd import open_view, sample_block
+from .grid import Box, intersect
 from .mapping import DEFAULT_CONTROL_STEP, OutputGrid
 from .prep import TilePlan
 
@@ -29,7 +39,11 @@ def boxes_overlap(a: Box, b: Box) -> bool:
 def pair_offset(backend: Backend, store: TileStore, tile_s: TilePlan, tile_t: TilePlan,
                 grid: OutputGrid, *, strip_pixels: int = 1 << 20, two_pass: bool = False,
                 step: int = DEFAULT_CONTROL_STEP) -> list[float]:
-    """O_st per channel: median of d_s − d_t over the overlap (NaN when it is empty)."""
+    """O_st per channel: median of d_s − d_t over the overlap (NaN when it is empty).
+
+    The overlap is walked in strips of about ``strip_pixels``; in each, both tiles are
+    mapped and read once (:func:`~.coadd.open_view`) and sampled chunk by chunk.
+    """
     y0 = max(tile_s.box[0], tile_t.box[0])
     y1 = min(tile_s.box[1], tile_t.box[1])
     x0 = max(tile_s.box[2], tile_t.box[2])
@@ -38,20 +52,20 @@ def pair_offset(backend: Backend, store: TileStore, tile_s: TilePlan, tile_t: Ti
     pieces: list[list[np.ndarray]] = [[], [], []]
     for sy0 in range(y0, y1, rows_per_strip):
         strip = (sy0, min(y1, sy0 + rows_per_strip), x0, x1)
-        contrib = []
-        for tile in (tile_s, tile_t):
-            c, _ = tile_samples(backend, store, tile, grid, strip, step=step,
-                                gain_override=tile.two_pass_gain if two_pass else None,
-                                binary_weights=two_pass)
-            contrib.append(c)
-        if contrib[0] is None or contrib[1] is None:
+        views = [open_view(backend, store, tile, grid, strip, step=step,
+                           gain_override=tile.two_pass_gain if two_pass else None,
+                           binary_weights=two_pass) for tile in (tile_s, tile_t)]
+        if views[0] is None or views[1] is None:
             continue
-        both = (contrib[0].weight > 0) & (contrib[1].weight > 0)
-        diff = contrib[0].data - contrib[1].data
-        for c in range(3):
-            values = diff[c][both[c]]
-            if values.size:
-                pieces[c].append(backend.to_host(values))
+        for (rows, stencil_s), (_, stencil_t) in zip(views[0].chunks(), views[1].chunks()):
+            d_s, f_s, _ = views[0].samples(stencil_s)
+            d_t, f_t, _ = views[1].samples(stencil_t)
+            both = (f_s > 0) & (f_t > 0)
+            diff = d_s - d_t
+            for c in range(3):
+                values = diff[..., c][both[..., c]]
+                if values.size:
+                    pieces[c].append(backend.to_host(values))
     result = []
     for c in range(3):
         if pieces[c]:
@@ -96,29 +110,108 @@ def solve_offsets(offset_matrix: np.ndarray) -> np.ndarray:
     return k
 
 
+def _median(pieces: list[np.ndarray]) -> float:
+    return float(np.median(np.concatenate(pieces))) if pieces else float("nan")
+
+
+def block_pair_offsets(backend: Backend, store: TileStore, tiles: Sequence[TilePlan], grid: OutputGrid,
+                       pairs: Sequence[tuple[TilePlan, TilePlan]], blocks: Sequence[Box], *,
+                       step: int = DEFAULT_CONTROL_STEP, workers: int = 1,
+                       cache: MemoryShelf | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> list[list[float]]:
+    """O_st of every pair from a walk over the output blocks (the pass-1 blocks).
+
+    Each block is resampled once with :func:`~.coadd.sample_block` (all its tiles, their
+    union); the difference values of every pair overlapping there are gathered (every
+    pixel of an overlap lies in exactly one block) and each median is taken exactly at
+    the end.  The block samples go into ``cache`` (keyed by block, while it has room) for
+    pass 1.
+    Memory: the gathered differences, 12 bytes per overlap pixel, plus a block per worker.
+    """
+    pieces: dict[tuple[int, int], list[list[np.ndarray]]] = {
+        (s.index, t.index): [[], [], []] for s, t in pairs}
+    lock = threading.Lock()
+
+    def one(block: Box) -> None:
+        samples = sample_block(backend, store, tiles, grid, block, step=step)
+        found = {item.tile.index: item for item in samples.tiles}
+        local = []
+        for s, t in pairs:
+            ss, st = found.get(s.index), found.get(t.index)
+            overlap = intersect(ss.box, st.box) if ss is not None and st is not None else None
+            if overlap is None:
+                continue
+            parts = []
+            for item in (ss, st):
+                y0, x0 = item.box[0], item.box[2]
+                sl = (slice(overlap[0] - y0, overlap[1] - y0), slice(overlap[2] - x0, overlap[3] - x0))
+                d = item.data[sl]
+                parts.append((d, xp.isfinite(d) & (item.weight[sl] > 0)))
+            both = parts[0][1] & parts[1][1]
+            diff = parts[0][0] - parts[1][0]
+            local.append(((s.index, t.index), [backend.to_host(diff[..., c][both[..., c]]) for c in range(3)]))
+        with lock:
+            for key, values in local:
+                for c in range(3):
+                    if values[c].size:
+                        pieces[key][c].append(values[c])
+        if cache is not None:
+            cache.put(block, samples, samples.nbytes)
+
+    xp = backend.xp
+    with cf.ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
+        done_blocks = pool.map(one, blocks) if workers > 1 else map(one, blocks)
+        for done, _ in enumerate(done_blocks):
+            if progress:
+                progress(done + 1, len(blocks))
+    return [[_median(pieces[(s.index, t.index)][c]) for c in range(3)] for s, t in pairs]
+
+
 def background_offsets(backend: Backend, store: TileStore, tiles: Sequence[TilePlan],
                        grid: OutputGrid, *, two_pass: bool = False,
                        progress: Callable[[int, int], None] | None = None,
                        step: int = DEFAULT_CONTROL_STEP,
-                       strip_pixels: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+                       strip_pixels: int = 1 << 20, workers: int = 1,
+                       blocks: Sequence[Box] | None = None, cache: MemoryShelf | None = None,
+                       diff_bytes: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Per-tile, per-channel offsets k (N × 3) and the pairwise matrices (3 × K × K).
 
-    Only tiles with a §4.2 box take part (others get 0 and contribute nothing).
+    Only tiles with a §4.2 box take part (others get 0 and contribute nothing).  With
+    ``blocks`` (pass 1 only), when the overlaps' difference values fit in ``diff_bytes``,
+    the pairs are measured by one walk over the blocks (:func:`block_pair_offsets`,
+    which also fills ``cache`` for pass 1); otherwise pair by pair in strips
+    (:func:`pair_offset`), each pair holding one strip of both tiles.  Either way on
+    ``workers`` threads (numpy releases the GIL in the gathers and arithmetic).
     """
     kept = [t for t in tiles if t.box is not None]
     n = len(kept)
     matrices = np.full((3, n, n), np.nan)
     pairs = [(a, b) for a in range(n) for b in range(a + 1, n)
              if boxes_overlap(kept[a].box, kept[b].box)]
-    if n >= 2:
-        for done, (a, b) in enumerate(pairs):
-            offsets = pair_offset(backend, store, kept[a], kept[b], grid, two_pass=two_pass, step=step,
-                                  strip_pixels=strip_pixels)
+    overlap_pixels = sum(_area(intersect(kept[a].box, kept[b].box)) for a, b in pairs)
+    by_blocks = blocks is not None and not two_pass and 12 * overlap_pixels <= diff_bytes
+
+    def one(pair: tuple[int, int]) -> list[float]:
+        a, b = pair
+        return pair_offset(backend, store, kept[a], kept[b], grid, two_pass=two_pass, step=step,
+                           strip_pixels=strip_pixels)
+
+    if n >= 2 and by_blocks:
+        results = block_pair_offsets(backend, store, tiles, grid, [(kept[a], kept[b]) for a, b in pairs],
+                                     blocks, step=step, workers=workers, cache=cache, progress=progress)
+        for (a, b), offsets in zip(pairs, results):
             for c in range(3):
                 matrices[c, a, b] = offsets[c]
                 matrices[c, b, a] = -offsets[c]
-            if progress:
-                progress(done + 1, len(pairs))
+    elif n >= 2:
+        with cf.ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
+            results = pool.map(one, pairs) if workers > 1 else map(one, pairs)
+            for done, ((a, b), offsets) in enumerate(zip(pairs, results)):
+                for c in range(3):
+                    matrices[c, a, b] = offsets[c]
+                    matrices[c, b, a] = -offsets[c]
+                if progress:
+                    progress(done + 1, len(pairs))
     result = np.zeros((len(tiles), 3))
     position = {t.index: a for a, t in enumerate(kept)}
     per_channel = [solve_offsets(matrices[c]) if n >= 2 else np.zeros(n) for c in range(3)]
@@ -126,3 +219,7 @@ def background_offsets(backend: Backend, store: TileStore, tiles: Sequence[TileP
         if tile.index in position:
             result[row] = [per_channel[c][position[tile.index]] for c in range(3)]
     return result, matrices
+
+
+def _area(box: Box | None) -> int:
+    return 0 if box is None else (box[1] - box[0]) * (box[3] - box[2])

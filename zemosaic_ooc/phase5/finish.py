@@ -59,7 +59,6 @@ def finish_values(mosaic: Any, coverage: Any, a8: Any | None, xp: Any) -> tuple[
         a8 = xp.where(coverage > 0, 255, 0).astype(xp.uint8)
     else:
         coverage = xp.where(a8 == 0, xp.float32(0.0), coverage)
-    mosaic = xp.where(xp.isfinite(mosaic), mosaic, xp.nan)
-    invalid = (coverage <= 0) | (a8 == 0)
-    mosaic = xp.where(invalid[..., None], xp.float32(np.nan), mosaic).astype(xp.float32)
+    invalid = ((coverage <= 0) | (a8 == 0))[..., None] | ~xp.isfinite(mosaic)
+    mosaic = xp.where(invalid, xp.float32(np.nan), mosaic).astype(xp.float32, copy=False)
     return mosaic, coverage, a8

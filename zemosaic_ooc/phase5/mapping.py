@@ -28,7 +28,7 @@ from astropy.wcs.utils import pixel_to_pixel
 
 from ..store.tiles import header_wcs
 
-DEFAULT_CONTROL_STEP = 16
+DEFAULT_CONTROL_STEP = 32   # px; cubic Lagrange between nodes: ≤ 1.2e-7 px from astropy on the fixtures, 8e-9 on demo tiles
 
 _local = threading.local()
 
@@ -143,6 +143,15 @@ def tile_to_output(geom: TileGeometry, out_wcs: Any, u: np.ndarray, v: np.ndarra
     return x, y
 
 
+def lagrange_taps(offsets: np.ndarray, step: int) -> np.ndarray:
+    """(4, n) weights of nodes c .. c + 3 for pixel offsets p (cell c = p // step; see below)."""
+    t = (offsets - (offsets // step) * step) / float(step)
+    return np.stack([-t * (t - 1.0) * (t - 2.0) / 6.0,
+                     (t + 1.0) * (t - 1.0) * (t - 2.0) / 2.0,
+                     -(t + 1.0) * t * (t - 2.0) / 2.0,
+                     (t + 1.0) * t * (t - 1.0) / 6.0])
+
+
 def lagrange_matrix(n_pixels: int, step: int) -> tuple[np.ndarray, int]:
     """Weights (n_pixels × n_nodes) of 4-point Lagrange interpolation on nodes every ``step``.
 
@@ -155,13 +164,47 @@ def lagrange_matrix(n_pixels: int, step: int) -> tuple[np.ndarray, int]:
     matrix = np.zeros((n_pixels, n_nodes), dtype=np.float64)
     offsets = np.arange(n_pixels)
     cell = offsets // step
-    t = (offsets - cell * step) / float(step)
-    rows = offsets
-    matrix[rows, cell] = -t * (t - 1.0) * (t - 2.0) / 6.0
-    matrix[rows, cell + 1] = (t + 1.0) * (t - 1.0) * (t - 2.0) / 2.0
-    matrix[rows, cell + 2] = -(t + 1.0) * t * (t - 2.0) / 2.0
-    matrix[rows, cell + 3] = (t + 1.0) * t * (t - 1.0) / 6.0
+    taps = lagrange_taps(offsets, step)
+    for k in range(4):
+        matrix[offsets, cell + k] = taps[k]
     return matrix, n_nodes
+
+
+def _expand_rows(nodes: np.ndarray, height: int, step: int) -> np.ndarray:
+    """``W @ nodes`` for W = lagrange_matrix(height, step)[0], using its 4 taps per row.
+
+    ``nodes`` is (n_nodes, m); every row cell of ``step`` pixels reads the same 4
+    nodes, so the product is 4 broadcast multiply-adds on (n_cells, step, m) (no BLAS:
+    its threads would compete with the block workers).
+    """
+    n_cells = nodes.shape[0] - 3
+    taps = lagrange_taps(np.arange(step), step)[:, :, None]   # (4, step, 1), the same in every cell
+    out = np.empty((n_cells, step, nodes.shape[1]), dtype=np.float64)
+    np.multiply(nodes[0:n_cells, None, :], taps[0], out=out)
+    for k in range(1, 4):
+        out += nodes[k:k + n_cells, None, :] * taps[k]
+    return out.reshape(n_cells * step, nodes.shape[1])[:height]
+
+
+def _expand_columns(rows: np.ndarray, width: int, step: int) -> np.ndarray:
+    """``rows @ W.T`` for W = lagrange_matrix(width, step)[0]: as :func:`_expand_rows` along axis 1.
+
+    Written along the last axis so the (h, width) result is C-contiguous.
+    """
+    height = rows.shape[0]
+    n_cells = rows.shape[1] - 3
+    taps = lagrange_taps(np.arange(step), step)          # (4, step), the same in every cell
+    out = np.empty((height, n_cells, step), dtype=np.float64)
+    term = np.empty_like(out)
+    np.multiply(rows[:, 0:n_cells, None], taps[0], out=out)
+    for k in range(1, 4):
+        out += np.multiply(rows[:, k:k + n_cells, None], taps[k], out=term)
+    return out.reshape(height, n_cells * step)[:, :width]
+
+
+def _interpolate_nodes(nodes: np.ndarray, height: int, width: int, step: int) -> np.ndarray:
+    """The (height, width) field of the separable Lagrange interpolation of a node grid."""
+    return _expand_columns(_expand_rows(nodes, height, step), width, step)
 
 
 def map_region(geom: TileGeometry, out_wcs: Any, box: tuple[int, int, int, int],
@@ -189,8 +232,8 @@ def map_region(geom: TileGeometry, out_wcs: Any, box: tuple[int, int, int, int],
     if bad_nodes.any():
         nu = np.where(bad_nodes, 0.0, nu)
         nv = np.where(bad_nodes, 0.0, nv)
-    uu = wy @ nu @ wx.T
-    vv = wy @ nv @ wx.T
+    uu = _interpolate_nodes(nu, height, width, step)
+    vv = _interpolate_nodes(nv, height, width, step)
     if bad_nodes.any():
         touched = ((wy != 0).astype(np.float64) @ bad_nodes.astype(np.float64)
                    @ (wx != 0).astype(np.float64).T) > 0

@@ -22,14 +22,14 @@ import numpy as np
 import psutil
 
 from ..backend import Backend, numpy_backend, select_backend
-from ..memory import release_memory, strip_pixels
+from ..memory import MemoryShelf, release_memory, strip_pixels
 from ..errors import InputError, StoreError
 from ..options import Phase5Options
 from ..progress import NullProgress, ProgressSink
 from ..store.journal import Journal
 from ..fallback.guard import OomGuard
 from ..store.mosaic import MosaicStore
-from ..store.tiles import TileStore, ingest_tiles
+from ..store.tiles import TileCache, TileStore, ingest_tiles
 from .background import background_offsets
 from .calibrate import CalibrationResult, calibrate
 from .corrected import corrected_calibration, corrected_to_json
@@ -43,6 +43,8 @@ from .prep import TilePlan
 log = logging.getLogger(__name__)
 
 BYTES_PER_BLOCK_PIXEL = 220   # working set of a pass-1 block task per output pixel (measured)
+MEMORY_SHARE = 4  # each in-memory hand-over (tile cache, background differences, block samples,
+                  # pass-1 blocks for finish) may hold up to 1/4 of the memory budget
 
 
 @dataclass
@@ -138,14 +140,22 @@ class _PeakRss:
         return self.peak
 
 
-def choose_block_size(opts: Phase5Options, workers: int) -> int:
-    """Blocks equal the output chunks: from ``--block-size`` or the memory budget."""
+def choose_block_size(opts: Phase5Options, workers: int, shape_hw: tuple[int, int] | None = None) -> int:
+    """Blocks equal the output chunks: from ``--block-size`` or the memory budget.
+
+    With the grid shape, the budget's side is lowered to split the grid into blocks of
+    even size (a multiple of 16): edge chunks are stored whole, so a 2176 px block on a
+    2467 px grid would write 3× the mosaic, and uneven blocks leave workers idle.
+    """
     if opts.block_size:
         return int(opts.block_size)
     budget = int(opts.memory_budget)
     pixels = budget / (max(1, workers) * BYTES_PER_BLOCK_PIXEL * 2)
     side = int(math.sqrt(max(pixels, 1)))
     side = max(128, min(4096, (side // 128) * 128))
+    if shape_hw is not None:
+        even = max(math.ceil(n / math.ceil(n / side)) for n in shape_hw)
+        side = max(128, min(side, math.ceil(even / 16) * 16))
     return side
 
 
@@ -362,13 +372,14 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     kwargs_workers = workers
     workers = workers or min(os.cpu_count() or 1, 8)
     rss = _PeakRss()
+    tile_cache = TileCache(int(opts.memory_budget) // MEMORY_SHARE)
     stages: list[tuple[str, float]] = []
     warnings_list: list[str] = []
     output = Path(output)
     if resume:
         store = MosaicStore.open(output, mode="r+")
         state = dict(store.attrs.get("run_state") or {})
-        tile_store = TileStore.open(output / "tiles")
+        tile_store = TileStore.open(output / "tiles", tile_cache)
         for orphan in list(output.rglob("*.partial")):
             if orphan.is_dir():
                 shutil.rmtree(orphan, ignore_errors=True)
@@ -413,6 +424,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         progress.start("ingest", len(tile_paths), unit="tile")
         try:
             tile_store = ingest_tiles(list(tile_paths), staging, skip_bad=bool(opts.skip_bad_tiles),
+                                      cache=tile_cache,
                                       progress=lambda k, n, p: (progress.advance("ingest"), rss.sample(),
                                                                 _kill_point("ingest", k)))
         except BaseException:
@@ -448,10 +460,10 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
                 raise InputError(opts.grid, f"cannot use as output grid ({exc})") from exc
         else:
             out_wcs, shape_hw = compute_output_grid([geometry(t) for t in tiles])
-        block = choose_block_size(opts, workers)
+        block = choose_block_size(opts, workers, shape_hw)
         store.attrs_update(shape_hw=list(shape_hw), block=int(block))
         os.replace(staging, output / "tiles")
-        tile_store = TileStore.open(output / "tiles")
+        tile_store = TileStore.open(output / "tiles", tile_cache)
     out_grid = OutputGrid(out_wcs, shape_hw)
     journal = Journal(output / "journal.sqlite")
     guard = OomGuard(device, backend, max_oom=max_oom, inject=fault_injector)
@@ -515,6 +527,8 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
 
     # ---- alpha-union bboxes (§5.3) and background offsets (§4)
     t0 = time.perf_counter()
+    # the background stage resamples the pass-1 blocks; pass 1 reuses them (in process only)
+    samples_cache = MemoryShelf(int(opts.memory_budget) // MEMORY_SHARE) if runner.client is None else None
     if not stage_done("background"):
         for tile in tiles:
             tile.union_bbox = union_bbox(backend, tile_store, tile, out_grid,
@@ -523,7 +537,9 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         progress.start("background", 1, unit="pair")
         strip = strip_pixels(int(opts.memory_budget))
         offsets, _ = background_offsets(
-            backend, tile_store, tiles, out_grid, strip_pixels=strip,
+            backend, tile_store, tiles, out_grid, strip_pixels=strip, workers=workers,
+            blocks=list(iter_blocks(shape_hw, block)), cache=samples_cache,
+            diff_bytes=int(opts.memory_budget) // MEMORY_SHARE,
             progress=lambda k, n: (progress.advance("background", 0), rss.sample()))
         progress.finish("background")
         for tile, row in zip(tiles, offsets):
@@ -541,13 +557,20 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     p1_cov = store.require("stages/pass1_coverage", (height, width), "float32", (block, block))
     p1_union = store.require("stages/alpha_union", (height, width), "float32", (block, block))
     threshold = 0.0 if opts.crop_follow_signal else 1e-6
+    # pass-1 blocks also kept in memory (within a share of the budget) for finish to use
+    # instead of reading the stage arrays back
+    held = MemoryShelf(int(opts.memory_budget) // MEMORY_SHARE)
 
     def pass1_task(box: Box, be: Backend) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
-        result = coadd_block(be, tile_store, tiles, out_grid, box)
+        samples = samples_cache.pop(box) if samples_cache is not None else None
+        result = coadd_block(be, tile_store, tiles, out_grid, box,
+                             samples=samples if be.xp is backend.xp else None)
         y0, y1, x0, x1 = box
         p1[y0:y1, x0:x1, :] = result.mosaic
         p1_cov[y0:y1, x0:x1] = result.coverage
         p1_union[y0:y1, x0:x1] = result.union
+        arrays = (result.mosaic, result.coverage, result.union)
+        held.put(box, arrays, sum(a.nbytes for a in arrays))
         return _coverage_extent(result.coverage, box, threshold)
 
     def pass1_recover(box: Box):
@@ -595,17 +618,23 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     def finish_task(box: Box) -> int:
         y0, y1, x0, x1 = box
         iy0, iy1, ix0, ix1 = max(y0, wy0), min(y1, wy1), max(x0, wx0), min(x1, wx1)
+        kept = held.pop(box)
         if iy1 <= iy0 or ix1 <= ix0:
             return 0
-        mos = p1[iy0:iy1, ix0:ix1, :]
-        cov = p1_cov[iy0:iy1, ix0:ix1]
+        inner = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
+        mos = p1[iy0:iy1, ix0:ix1, :] if kept is None else kept[0][inner]
+        cov = p1_cov[iy0:iy1, ix0:ix1] if kept is None else kept[1][inner]
         if alpha_dropped:
             a8 = None
         else:
             rows = src_rows[iy0 - wy0:iy1 - wy0]
             cols = src_cols[ix0 - wx0:ix1 - wx0]
-            region = p1_union[int(rows.min()):int(rows.max()) + 1, int(cols.min()):int(cols.max()) + 1]
-            union = region[np.ix_(rows - rows.min(), cols - cols.min())]
+            if kept is not None and not fired:
+                union = kept[2][inner]                       # rows and cols are the block's own
+            else:
+                region = p1_union[int(rows.min()):int(rows.max()) + 1,
+                                  int(cols.min()):int(cols.max()) + 1]
+                union = region[np.ix_(rows - rows.min(), cols - cols.min())]
             a8 = alpha_u8(union, xp)
         mos, cov, a8 = finish_values(mos, cov, a8, xp)
         mosaic_arr[iy0:iy1, ix0:ix1, :] = mos
@@ -747,7 +776,7 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         progress.finish("two-pass gains")
         strip = strip_pixels(int(opts.memory_budget))
         offsets, _ = background_offsets(backend, tile_store, tiles, out_grid, two_pass=True,
-                                        strip_pixels=strip)
+                                        strip_pixels=strip, workers=runner.workers)
         for tile, row in zip(tiles, offsets):
             tile.bg_offsets_pass2 = [float(v) for v in row]
 

@@ -44,12 +44,13 @@ def geometry(tile: TilePlan) -> TileGeometry:
 
 
 def read_raw_region(store: TileStore, tile: TilePlan, rows: tuple[int, int],
-                    cols: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Raw (C, h, w) data and raw alpha of a cropped-tile region [r0, r1) × [c0, c1)."""
+                    cols: tuple[int, int], *, with_data: bool = True
+                    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Raw (C, h, w) data (None unless ``with_data``) and raw alpha of a cropped-tile region [r0, r1) × [c0, c1)."""
     dh, dw = tile.crop_hw
     rs = slice(rows[0] + dh, rows[1] + dh)
     cs = slice(cols[0] + dw, cols[1] + dw)
-    data = store.read_data(tile.index, rs, cs)
+    data = store.read_data(tile.index, rs, cs) if with_data else None
     alpha = store.read_alpha(tile.index, rs, cs) if tile.has_alpha else None
     return data, alpha
 

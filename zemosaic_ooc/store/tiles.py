@@ -7,6 +7,9 @@ extension's **raw dtype** (§2.2 and §5.3 read float and uint8 alphas
 differently).  The group attribute ``tiles`` holds one record per tile: the
 whole primary header (WCS with SIP, frame counts, ZMT_* keys), the source file,
 its checksum and a few scalars derived from the full-resolution arrays.
+
+A :class:`TileCache` (one per store) keeps whole planes in memory within a byte
+budget, so the many region reads of a run are views instead of zarr reads.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import hashlib
 import logging
 import math
 import os
+import threading
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -158,6 +162,11 @@ def _as_chw(data: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
     return chw, 3
 
 
+def _scaled(header: fits.Header) -> bool:
+    """True when BSCALE/BZERO change the stored values."""
+    return float(header.get("BSCALE", 1.0)) != 1.0 or float(header.get("BZERO", 0.0)) != 0.0
+
+
 def read_tile_fits(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, fits.Header, int]:
     """Read one master tile: (C, H, W) float32 native, raw ALPHA or None, header, input channels.
 
@@ -186,8 +195,14 @@ def read_tile_fits(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, fit
                 if not np.issubdtype(data.dtype, np.number):
                     raise InputError(path, f"primary data has non-numeric dtype {data.dtype}")
                 view, n_in = _as_chw(data, path)
-                # one native float32 copy, made while the file is open (no intermediate copies)
-                chw = np.ascontiguousarray(view, dtype=np.float32)
+                if view is data and data.dtype == np.dtype(">f4") and not _scaled(header):
+                    # the common layout: one read() of the big-endian bytes, swapped in place
+                    chw = np.fromfile(path, dtype=">f4", count=data.size,
+                                      offset=hdul.fileinfo(0)["datLoc"]).reshape(data.shape)
+                    chw = chw.byteswap(inplace=True).view(np.float32)
+                else:
+                    # one native float32 copy, made while the file is open (no intermediate copies)
+                    chw = np.ascontiguousarray(view, dtype=np.float32)
                 del view, data
     except InputError:
         raise
@@ -409,22 +424,84 @@ def isolated_tiles(footprints: Sequence[SkyFootprint | None]) -> list[tuple[int,
     return problems
 
 
-class TileStore:
-    """A Zarr group of ingested master tiles.  Thread-safe for concurrent reads."""
+class TileCache:
+    """Whole tile arrays kept in memory, least recently used first out, within ``capacity`` bytes.
 
-    def __init__(self, path: str | Path, group: zarr.Group, records: list[TileRecord]):
+    A run reads every tile region many times (plan, calibration, union bboxes, every
+    background pair, every block); each zarr read costs a few ms of fixed overhead.  The
+    cache holds whole planes, read-only, keyed by (tile index, "data" | "alpha"), and is
+    filled at ingest (the arrays just validated and written) or on the first read.  Arrays
+    larger than the capacity are never cached (reads then go to the store, as before).
+    Thread-safe; a store pickled for a Dask worker travels without its cache.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = max(0, int(capacity))
+        self._items: "dict[tuple[int, str], np.ndarray]" = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, str]) -> np.ndarray | None:
+        with self._lock:
+            array = self._items.pop(key, None)
+            if array is not None:
+                self._items[key] = array          # most recently used last
+            return array
+
+    def put(self, key: tuple[int, str], array: np.ndarray) -> bool:
+        """Keep ``array`` (made read-only) if it fits; evicts the least recently used."""
+        if array.nbytes > self.capacity:
+            return False
+        array.setflags(write=False)
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            while self._items and self._bytes + array.nbytes > self.capacity:
+                oldest = next(iter(self._items))
+                self._bytes -= self._items.pop(oldest).nbytes
+            self._items[key] = array
+            self._bytes += array.nbytes
+        return True
+
+
+class TileStore:
+    """A Zarr group of ingested master tiles.  Thread-safe for concurrent reads.
+
+    With a :class:`TileCache`, region reads of cached tiles are read-only views of
+    the cached planes (callers copy before they modify, as §2 preparation does).
+    """
+
+    def __init__(self, path: str | Path, group: zarr.Group, records: list[TileRecord],
+                 cache: TileCache | None = None):
         self.path = Path(path)
         self.group = group
         self.records = records
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["cache"] = None
+        return state
+
     @classmethod
-    def open(cls, path: str | Path) -> "TileStore":
+    def open(cls, path: str | Path, cache: TileCache | None = None) -> "TileStore":
         group = zarr.open_group(str(path), mode="r")
         records = [TileRecord.from_json(d) for d in group.attrs["tiles"]]
-        return cls(path, group, records)
+        return cls(path, group, records, cache)
+
+    def _cached(self, index: int, kind: str, array: zarr.Array) -> np.ndarray | None:
+        """The whole plane from the cache, reading it into the cache when it fits; else None."""
+        if self.cache is None:
+            return None
+        whole = self.cache.get((index, kind))
+        if whole is None and array.nbytes <= self.cache.capacity:
+            whole = array[...]
+            self.cache.put((index, kind), whole)
+        return whole
 
     def data(self, index: int) -> zarr.Array:
         """The (C, H, W) float32 array of tile ``index`` (uncropped)."""
@@ -438,33 +515,41 @@ class TileStore:
 
     def read_data(self, index: int, rows: slice, cols: slice) -> np.ndarray:
         """(C, h, w) float32 region of the uncropped tile."""
-        return self.data(index)[:, rows, cols]
+        array = self.data(index)
+        whole = self._cached(index, "data", array)
+        return array[:, rows, cols] if whole is None else whole[:, rows, cols]
 
     def read_alpha(self, index: int, rows: slice, cols: slice) -> np.ndarray | None:
         arr = self.alpha(index)
-        return None if arr is None else arr[rows, cols]
+        if arr is None:
+            return None
+        whole = self._cached(index, "alpha", arr)
+        return arr[rows, cols] if whole is None else whole[rows, cols]
 
 
 def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
                  skip_bad: bool = False,
                  progress: Callable[[int, int, str], None] | None = None,
-                 chunk: int = TILE_CHUNK) -> TileStore:
+                 chunk: int = TILE_CHUNK, cache: TileCache | None = None) -> TileStore:
     """Validate and copy master tiles into a TileStore at ``store_path``.
 
     Every tile is validated before anything is written, so a bad tile never
     leaves a half-made store.  With ``skip_bad`` a bad tile is skipped with a
     warning (ZeMosaic's behaviour, §0.3); otherwise the first bad tile raises
-    :class:`InputError`.
+    :class:`InputError`.  The arrays written also go into ``cache`` (where they fit),
+    keyed by their index in the store.
     """
     if not paths:
         raise InputError(None, "no input tiles were given")
     store_path = Path(store_path)
     check_output_folder(store_path)
-    validated: list[tuple[Path, fits.Header, WCS]] = []
+    validated: list[tuple[Path, fits.Header, WCS, str]] = []
     footprints: list[np.ndarray | None] = []
     seen_checksums: dict[str, Path] = {}
     channel_counts: dict[int, Path] = {}
     skipped: list[str] = []
+    kept: dict[Path, tuple[np.ndarray, np.ndarray | None, int]] = {}   # validated arrays the cache can hold
+    kept_bytes = 0
     for path in map(Path, paths):
         try:
             chw, alpha, header, n_in = read_tile_fits(path)
@@ -484,8 +569,12 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
                                        f"{3 if n_in == 1 else 1}; all tiles must have the same "
                                        "channel count")
             seen_checksums[checksum] = path
-            validated.append((path, header, wcs))
+            validated.append((path, header, wcs, checksum))
             footprints.append(sky_footprint(wcs, chw.shape[1:]))
+            size = chw.nbytes + (0 if alpha is None else alpha.nbytes)
+            if cache is not None and kept_bytes + size <= cache.capacity:
+                kept[path] = (chw, alpha, n_in)  # written below without reading the file again
+                kept_bytes += size
             del chw, alpha
         except InputError as exc:
             if not skip_bad:
@@ -508,8 +597,11 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
 
     group = zarr.open_group(str(store_path), mode="w")
     records: list[TileRecord] = []
-    for index, (path, header, wcs) in enumerate(validated):
-        chw, alpha, header, n_in = read_tile_fits(path)
+    for index, (path, header, wcs, checksum) in enumerate(validated):
+        if path in kept:
+            chw, alpha, n_in = kept.pop(path)
+        else:
+            chw, alpha, header, n_in = read_tile_fits(path)
         _, height, width = chw.shape
         tile_group = group.require_group(f"tiles/{index}")
         # uncompressed (read block by block many times) with a crc32c checksum per chunk
@@ -517,6 +609,8 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
                                            chunks=(3, min(chunk, height), min(chunk, width)),
                                            compressors=[Crc32cCodec()])
         data_arr[...] = chw
+        if cache is not None:
+            cache.put((index, "data"), chw)
         has_alpha = alpha is not None
         alpha_usable = False
         alpha_max = None
@@ -547,6 +641,8 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
                     "alpha", shape=alpha.shape, dtype=alpha.dtype,
                     chunks=(min(chunk, height), min(chunk, width)), compressors=[Crc32cCodec()])
                 alpha_arr[...] = alpha
+                if cache is not None:
+                    cache.put((index, "alpha"), alpha)
         if n_in == 1:
             warn.append("mono tile copied into three identical channels (no ZeMosaic behaviour)")
         for text in frame_count_warnings(header):
@@ -559,9 +655,9 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
             alpha_dtype=str(alpha.dtype) if has_alpha else None,
             alpha_max=alpha_max, alpha_usable=alpha_usable,
             nframes_raw=frame_count(header), empty_flag=bool(header.get("ZMT_EMPT", False)),
-            checksum=_file_checksum(path), bytes=int(chw.nbytes), warnings=warn))
+            checksum=checksum, bytes=int(chw.nbytes), warnings=warn))
         if progress is not None:
             progress(index + 1, len(validated), str(path))
     group.attrs["tiles"] = [r.to_json() for r in records]
     group.attrs["skipped"] = skipped
-    return TileStore(store_path, group, records)
+    return TileStore(store_path, group, records, cache)
