@@ -7,7 +7,7 @@ quirks included.  This module replaces only that stage, and only when asked:
    the samples then come from every output pixel of the intersection where both
    tiles have full weight (soft alpha = 1, data finite after the §2.8 fill).
 2. **Binned samples.**  The overlap is walked in row strips (out of core, through
-   :func:`.coadd.tile_samples`, the very resampling of the coadd); each tile's
+   :func:`.coadd.open_view`, the very resampling of the coadd); each tile's
    data are averaged over ``b × b`` output-pixel bins that are fully valid in both
    tiles.  Binning keeps every spatial mode larger than ``b`` px (nebulosity,
    stars) and divides the noise by ``b``.
@@ -46,7 +46,7 @@ import numpy as np
 
 from ..backend import Backend
 from ..store.tiles import TileStore
-from .coadd import tile_samples
+from .coadd import TileView, open_view
 from .graph import DisjointSets
 from .grid import Box, intersect
 from .mapping import OutputGrid
@@ -161,6 +161,18 @@ def _robust_sigma(values: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(values - med)))
 
 
+def _strip_samples(xp: Any, view: TileView) -> tuple[Any, Any]:
+    """A view's whole box, chunk by chunk: data (h, w, 3) float32 (NaN invalid), weight f (h, w)."""
+    height, width = view.uu.shape
+    data = xp.empty((height, width, N_CHANNELS), dtype=xp.float32)
+    weight = xp.empty((height, width), dtype=xp.float32)
+    for rows, stencil in view.chunks():
+        d, f, _ = view.samples(stencil)
+        data[rows] = d
+        weight[rows] = f[..., 0]
+    return data, weight
+
+
 def pair_samples(backend: Backend, store: TileStore, tile_i: TilePlan, tile_j: TilePlan,
                  grid: OutputGrid, box: Box, *, strip_pixels: int = 1 << 20) -> PairSamples:
     """Bin means of both tiles over ``box``, strip by strip (memory: one strip of both tiles).
@@ -190,27 +202,29 @@ def pair_samples(backend: Backend, store: TileStore, tile_i: TilePlan, tile_j: T
         if hb == 0 or wb == 0:
             continue
         strip = (sy0, sy0 + hb * b, x0, x0 + wb * b)
-        ci, _ = tile_samples(backend, store, tile_i, grid, strip)
-        cj, _ = tile_samples(backend, store, tile_j, grid, strip)
-        if ci is None or cj is None:
+        view_i = open_view(backend, store, tile_i, grid, strip)
+        view_j = open_view(backend, store, tile_j, grid, strip)
+        if view_i is None or view_j is None:
             continue
-        valid = (xp.all(xp.isfinite(ci.data), axis=0) & xp.all(xp.isfinite(cj.data), axis=0)
-                 & (ci.weight[0] >= FULL_WEIGHT * float(tile_i.tau))
-                 & (cj.weight[0] >= FULL_WEIGHT * float(tile_j.tau)))
+        data_i, weight_i = _strip_samples(xp, view_i)
+        data_j, weight_j = _strip_samples(xp, view_j)
+        valid = (xp.all(xp.isfinite(data_i), axis=-1) & xp.all(xp.isfinite(data_j), axis=-1)
+                 & (weight_i >= FULL_WEIGHT * float(tile_i.tau))
+                 & (weight_j >= FULL_WEIGHT * float(tile_j.tau)))
         n_pixels += int(xp.count_nonzero(valid))
         pair_ok = valid[:, 1:] & valid[:, :-1]
         for c in range(N_CHANNELS):
-            for contribution, sink in ((ci, diffs_i), (cj, diffs_j)):
-                plane = contribution.data[c]
+            for data, sink in ((data_i, diffs_i), (data_j, diffs_j)):
+                plane = data[..., c]
                 d = (plane[:, 1:] - plane[:, :-1])[pair_ok]
                 sink[c].append(backend.to_host(d[::diff_stride]).astype(np.float64))
         bin_ok = xp.all(valid.reshape(hb, b, wb, b), axis=(1, 3))
         if not bool(xp.any(bin_ok)):
             continue
-        mean_i = xp.mean(xp.where(valid, ci.data, 0.0).astype(xp.float64).reshape(N_CHANNELS, hb, b, wb, b),
-                         axis=(2, 4))
-        mean_j = xp.mean(xp.where(valid, cj.data, 0.0).astype(xp.float64).reshape(N_CHANNELS, hb, b, wb, b),
-                         axis=(2, 4))
+        mean_i = xp.mean(xp.moveaxis(xp.where(valid[..., None], data_i, 0.0).astype(xp.float64), -1, 0)
+                         .reshape(N_CHANNELS, hb, b, wb, b), axis=(2, 4))
+        mean_j = xp.mean(xp.moveaxis(xp.where(valid[..., None], data_j, 0.0).astype(xp.float64), -1, 0)
+                         .reshape(N_CHANNELS, hb, b, wb, b), axis=(2, 4))
         xs.append(backend.to_host(mean_i[:, bin_ok]).T)
         ys.append(backend.to_host(mean_j[:, bin_ok]).T)
         rows_k, cols_k = np.nonzero(backend.to_host(bin_ok))
