@@ -5,29 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from zemosaic_ooc.backend import numpy_backend
-from zemosaic_ooc.demo import make_demo_tiles
-from zemosaic_ooc.options import Phase5Options
 from zemosaic_ooc.phase5.background import background_offsets
 from zemosaic_ooc.memory import MemoryShelf
 from zemosaic_ooc.phase5.coadd import coadd_block, union_bbox
-from zemosaic_ooc.phase5.grid import compute_output_grid, iter_blocks, reproject_box
-from zemosaic_ooc.phase5.mapping import OutputGrid
-from zemosaic_ooc.phase5.plan import build_tile_plans, geometry
-from zemosaic_ooc.store.tiles import ingest_tiles
+from zemosaic_ooc.phase5.grid import iter_blocks
+
+from planned_demo import planned_demo
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("samples")
-    paths = make_demo_tiles(root / "tiles", nx=2, ny=2, tile_hw=(160, 176), seed=5)
-    store = ingest_tiles(paths, root / "store")
-    backend = numpy_backend()
-    tiles = build_tile_plans(store.records, Phase5Options())
-    wcs, shape_hw = compute_output_grid([geometry(t) for t in tiles])
-    grid = OutputGrid(wcs, shape_hw)
+    backend, store, tiles, grid, shape_hw = planned_demo(tmp_path_factory.mktemp("samples"), seed=5)
     for tile in tiles:
-        tile.box = reproject_box(geometry(tile), grid, shape_hw)
         tile.union_bbox = union_bbox(backend, store, tile, grid)
     return backend, store, tiles, grid, list(iter_blocks(shape_hw, 96))
 

@@ -4,16 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from zemosaic_ooc.backend import numpy_backend
-from zemosaic_ooc.demo import make_demo_tiles
-from zemosaic_ooc.options import Phase5Options
 from zemosaic_ooc.phase5.coadd import tile_strips, union_bbox
-from zemosaic_ooc.phase5.mapping import OutputGrid
-from zemosaic_ooc.phase5.plan import build_tile_plans, geometry
-from zemosaic_ooc.phase5.grid import compute_output_grid, reproject_box
 from zemosaic_ooc.phase5.prep import union_mask
 from zemosaic_ooc.phase5.resample import sample_nearest
-from zemosaic_ooc.store.tiles import ingest_tiles
+
+from planned_demo import planned_demo
 
 
 def full_scan_bbox(backend, store, tile, grid):
@@ -32,14 +27,8 @@ def full_scan_bbox(backend, store, tile, grid):
 
 @pytest.mark.parametrize("band", [1, 7, 32])
 def test_union_bbox_equals_full_scan(tmp_path, band):
-    paths = make_demo_tiles(tmp_path / "tiles", nx=2, ny=2, tile_hw=(160, 176), seed=3)
-    store = ingest_tiles(paths, tmp_path / "store")
-    backend = numpy_backend()
-    tiles = build_tile_plans(store.records, Phase5Options())
-    wcs, shape_hw = compute_output_grid([geometry(t) for t in tiles])
-    grid = OutputGrid(wcs, shape_hw)
+    backend, store, tiles, grid, _ = planned_demo(tmp_path, seed=3)
     for tile in tiles:
-        tile.box = reproject_box(geometry(tile), grid, shape_hw)
         expected = full_scan_bbox(backend, store, tile, grid)
         assert expected is not None
         assert union_bbox(backend, store, tile, grid, band=band) == expected

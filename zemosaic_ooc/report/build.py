@@ -216,24 +216,23 @@ def _coverage_section(imgs: _Images, group, window, stride, footprints) -> tuple
         del cov
     else:
         parts.append("<p>No <code>coverage</code> array in the store.</p>")
-    if alpha_arr is not None:
-        alpha = strided(alpha_arr, window, stride, dtype=np.float32)
-        facts["alpha > 0 (preview)"] = float((alpha > 0).mean()) if alpha.size else 0.0
-        parts.append("<h3>alpha (0 = no data, 255 = opaque)</h3>")
-        parts.append(imgs.add("alpha", figures.map_image(
-            alpha, "alpha", cmap="gray", label="alpha", footprints=footprints, window=window,
-            stride=stride, vmin=0, vmax=255)))
-        del alpha
-    else:
-        parts.append("<p>No <code>alpha</code> array in the store.</p>")
-    if mask_arr is not None:
-        mask = strided(mask_arr, window, stride, dtype=np.float32)
-        facts["pixels from pass 2 (preview)"] = float((mask > 0).mean()) if mask.size else 0.0
-        parts.append("<h3>two-pass: pixels taken from pass 2</h3>")
-        parts.append(imgs.add("pass2_mask", figures.map_image(
-            mask, "pass-2 mask (1 = from pass 2)", cmap="cividis", label="pass 2",
-            footprints=footprints, window=window, stride=stride, vmin=0, vmax=1)))
-        del mask
+    # (array, name, heading, title, colour map, colour-bar label, vmax, fact, message when absent)
+    maps = [(alpha_arr, "alpha", "alpha (0 = no data, 255 = opaque)", "alpha", "gray", "alpha", 255,
+             "alpha > 0 (preview)", "<p>No <code>alpha</code> array in the store.</p>"),
+            (mask_arr, "pass2_mask", "two-pass: pixels taken from pass 2", "pass-2 mask (1 = from pass 2)",
+             "cividis", "pass 2", 1, "pixels from pass 2 (preview)", "")]
+    for array, name, heading, title, cmap, label, vmax, fact, absent in maps:
+        if array is None:
+            if absent:
+                parts.append(absent)
+            continue
+        values = strided(array, window, stride, dtype=np.float32)
+        facts[fact] = float((values > 0).mean()) if values.size else 0.0
+        parts.append(f"<h3>{heading}</h3>")
+        parts.append(imgs.add(name, figures.map_image(
+            values, title, cmap=cmap, label=label, footprints=footprints, window=window,
+            stride=stride, vmin=0, vmax=vmax)))
+        del values
     if facts:
         parts.insert(0, _table(["fact", "value"], [[k, v] for k, v in facts.items()]))
     return "\n".join(parts), facts
