@@ -61,6 +61,18 @@ def test_deming_fit_clips_outliers_like_unmatched_stars():
     assert abs(fit.slope / 0.9 - 1) < 2e-3 and fit.n_kept <= 4900
 
 
+def test_differential_background_plane_keeps_a_gradient_out_of_the_slope():
+    rng = np.random.default_rng(8)
+    px, py = rng.uniform(-1, 1, 4000), rng.uniform(-1, 1, 4000)
+    nebula = 400.0 + 60.0 * px + 20.0 * np.sin(3 * py) + rng.gamma(1.5, 8.0, px.size)
+    x = nebula + rng.normal(0, 0.5, px.size)
+    y = 1.08 * nebula + 5.0 + 6.0 * px + rng.normal(0, 0.5, px.size)   # + a gradient in tile j
+    plain = robust_deming_fit(x, y, delta=1.0)
+    with_plane = robust_deming_fit(x, y, delta=1.0, covariates=np.column_stack([px, py]))
+    assert abs(plain.slope / 1.08 - 1) > 0.02                # the gradient leaks into the slope
+    assert abs(with_plane.slope / 1.08 - 1) < 1e-3
+
+
 def _fit(i, j, slope, mean_x=400.0, n=1000, se=1e-3):
     channels = [ChannelFit(slope=slope, intercept=0.0, slope_se=se, mean_x=mean_x,
                            mean_y=slope * mean_x, level_se=0.1, n_kept=n, resid_sigma=1.0,

@@ -14,9 +14,11 @@ quirks included.  This module replaces only that stage, and only when asked:
 3. **Per-channel robust fits, unbiased under noise in both tiles.**  For every
    channel, ``y = a·x + c`` between the bin means of tile i (x) and tile j (y) is
    fitted by Deming regression, with the noise-variance ratio δ = σ_j²/σ_i²
-   estimated from each tile's own pixel-to-pixel differences in the overlap, and
-   κσ clipping of the orthogonal residuals (stars resampled differently, cosmic
-   leftovers).  Slope and level standard errors give each pair its weight.
+   estimated from each tile's own pixel-to-pixel differences in the overlap, a
+   differential background plane fitted alongside (a gradient in one tile must not
+   leak into the slope), and κσ clipping of the orthogonal residuals (stars
+   resampled differently, cosmic leftovers).  Slope and level standard errors give
+   each pair its weight.
 4. **An anchored global solve that cannot collapse.**  Per channel and per
    connected component of the pair graph: log-gains ``ℓ_i − ℓ_j = log a_ij`` by
    weighted least squares with one tile's ℓ fixed at 0 (a hard constraint: its
@@ -258,9 +260,9 @@ def robust_deming_fit(x: np.ndarray, y: np.ndarray, delta: float, *,
     """Deming fit of y on x with κσ clipping of orthogonal residuals (float64, ADU).
 
     ``covariates`` (n, k), optional: extra terms fitted alongside, ``y ≈ a·x + c + Z·β``
-    (the pair's differential background plane), by alternating the Deming step on
-    ``y − Z·β`` with a least-squares step for β; they keep a smooth background difference
-    between the two tiles from biasing the slope.  Returns None with fewer than
+    (the pair's differential background plane): Z is partialled out of x and y, the
+    Deming slope fitted on what is left, then c and β by least squares; they keep a smooth
+    background difference between the two tiles from biasing the slope.  Returns None with fewer than
     :data:`MIN_BINS` samples, a non-positive slope or a degenerate spread.
     """
     x = np.asarray(x, dtype=np.float64)
@@ -277,20 +279,18 @@ def robust_deming_fit(x: np.ndarray, y: np.ndarray, delta: float, *,
         n = int(keep.sum())
         if n < MIN_BINS:
             return None
-        for _inner in range(1 if z is None else 4):
-            target = y if z is None else y - z @ beta
-            xk, yk = x[keep], target[keep]
-            mx, my = float(xk.mean()), float(yk.mean())
-            dx, dy = xk - mx, yk - my
-            sxx, syy, sxy = float(dx @ dx) / n, float(dy @ dy) / n, float(dx @ dy) / n
-            slope = deming_slope(sxx, syy, sxy, delta)
-            if not (math.isfinite(slope) and slope > 0):
-                return None
-            intercept = my - slope * mx
-            if z is not None:
-                rest = (y - slope * x - intercept)[keep]
-                zk = z[keep] - z[keep].mean(axis=0)
-                beta, *_ = np.linalg.lstsq(zk, rest - rest.mean(), rcond=None)
+        # the covariates are partialled out of x and y (Frisch–Waugh), then Deming on what is left
+        design = np.ones((n, 1)) if z is None else np.column_stack([np.ones(n), z[keep]])
+        xr = x[keep] - design @ np.linalg.lstsq(design, x[keep], rcond=None)[0]
+        yr = y[keep] - design @ np.linalg.lstsq(design, y[keep], rcond=None)[0]
+        sxx, syy, sxy = float(xr @ xr) / n, float(yr @ yr) / n, float(xr @ yr) / n
+        slope = deming_slope(sxx, syy, sxy, delta)
+        if not (math.isfinite(slope) and slope > 0):
+            return None
+        coef = np.linalg.lstsq(design, y[keep] - slope * x[keep], rcond=None)[0]
+        intercept = float(coef[0])
+        if z is not None:
+            beta = coef[1:]
         target = y if z is None else y - z @ beta
         ortho = (target - slope * x - intercept) / math.sqrt(delta + slope * slope)
         centre = float(np.median(ortho[keep]))
@@ -306,7 +306,8 @@ def robust_deming_fit(x: np.ndarray, y: np.ndarray, delta: float, *,
     xk, yk = x[keep], target[keep]
     resid = yk - slope * xk - intercept
     resid_sigma = float(np.std(resid))
-    spread_x = float(np.std(xk))
+    design = np.ones((n, 1)) if z is None else np.column_stack([np.ones(n), z[keep]])
+    spread_x = float(np.std(xk - design @ np.linalg.lstsq(design, xk, rcond=None)[0]))  # x's own leverage
     # errors-in-variables: the residual in y carries both tiles' noise, σ_r² ≈ σ_y² + a²σ_x²
     slope_se = resid_sigma / (math.sqrt(n) * spread_x) if spread_x > 0 else float("inf")
     return ChannelFit(slope=float(slope), intercept=float(intercept), slope_se=float(slope_se),
@@ -315,7 +316,7 @@ def robust_deming_fit(x: np.ndarray, y: np.ndarray, delta: float, *,
                       noise_ratio=float(delta))
 
 
-def fit_pair_channels(i: int, j: int, samples: PairSamples, *, plane_terms: bool = False) -> CorrectedPairFit:
+def fit_pair_channels(i: int, j: int, samples: PairSamples, *, plane_terms: bool = True) -> CorrectedPairFit:
     """Per-channel robust fits of one pair (with a differential background plane when
     ``plane_terms``); unusable when any channel fails."""
     fit = CorrectedPairFit(i, j, samples.bin_px, samples.n_pixels, int(samples.x.shape[0]))
