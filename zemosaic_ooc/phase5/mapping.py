@@ -98,6 +98,27 @@ def _as_wcs(out: Any) -> WCS:
     return out.wcs() if isinstance(out, OutputGrid) else out
 
 
+def _pixel_map(w_from: Any, w_to: Any, a: np.ndarray, b: np.ndarray,
+               roundtrip: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel (a, b) of ``w_from`` → pixel of ``w_to`` (float64, astropy's full transform).
+
+    With ``roundtrip`` (reproject_interp's rule) positions whose round trip back misses by
+    more than 1 px in either axis become NaN.
+    """
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        p, q = pixel_to_pixel(w_from, w_to, a, b)
+        p = np.array(p, dtype=np.float64)
+        q = np.array(q, dtype=np.float64)
+        if roundtrip:
+            ab, bb = pixel_to_pixel(w_to, w_from, p, q)
+            reset = (np.abs(np.asarray(ab) - a) > 1) | (np.abs(np.asarray(bb) - b) > 1)
+            if np.any(reset):
+                p[reset] = np.nan
+                q[reset] = np.nan
+    return p, q
+
+
 def output_to_tile(geom: TileGeometry, out_wcs: Any, x: np.ndarray, y: np.ndarray,
                    roundtrip: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Exact Ω pixel → cropped tile pixel (astropy full transform, SIP included).
@@ -105,41 +126,18 @@ def output_to_tile(geom: TileGeometry, out_wcs: Any, x: np.ndarray, y: np.ndarra
     With ``roundtrip`` (reproject_interp's default) positions whose round trip
     back to Ω misses by more than 1 px in x or y become NaN.
     """
-    w_out = _as_wcs(out_wcs)
-    w_tile = geom.wcs()
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        uu, vv = pixel_to_pixel(w_out, w_tile, x, y)
-        uu = np.array(uu, dtype=np.float64)
-        vv = np.array(vv, dtype=np.float64)
-        if roundtrip:
-            xb, yb = pixel_to_pixel(w_tile, w_out, uu, vv)
-            reset = (np.abs(np.asarray(xb) - x) > 1) | (np.abs(np.asarray(yb) - y) > 1)
-            if np.any(reset):
-                uu[reset] = np.nan
-                vv[reset] = np.nan
+    uu, vv = _pixel_map(_as_wcs(out_wcs), geom.wcs(), x, y, roundtrip)
     return uu - geom.crop_hw[1], vv - geom.crop_hw[0]
 
 
 def tile_to_output(geom: TileGeometry, out_wcs: Any, u: np.ndarray, v: np.ndarray,
                    roundtrip: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Exact cropped tile pixel → Ω pixel (astropy full transform)."""
-    w_out = _as_wcs(out_wcs)
-    w_tile = geom.wcs()
     uu = np.asarray(u, dtype=np.float64) + geom.crop_hw[1]
     vv = np.asarray(v, dtype=np.float64) + geom.crop_hw[0]
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        x, y = pixel_to_pixel(w_tile, w_out, uu, vv)
-        x = np.array(x, dtype=np.float64)
-        y = np.array(y, dtype=np.float64)
-        if roundtrip:
-            ub, vb = pixel_to_pixel(w_out, w_tile, x, y)
-            reset = (np.abs(np.asarray(ub) - uu) > 1) | (np.abs(np.asarray(vb) - vv) > 1)
-            x[reset] = np.nan
-            y[reset] = np.nan
+    x, y = _pixel_map(geom.wcs(), _as_wcs(out_wcs), uu, vv, roundtrip)
     return x, y
 
 

@@ -533,6 +533,21 @@ nav a{margin-right:1em}code{background:#f4f4f4;padding:0 3px}
 """
 
 
+def _open_mosaic_store(store_path: Path) -> tuple[Any, Any, dict]:
+    """(group, the (H, W, 3) mosaic array, attrs) of a store; StoreError naming what is wrong."""
+    if not store_path.exists():
+        raise StoreError(f"{store_path}: no such mosaic store")
+    try:
+        group = open_store(store_path)
+    except Exception as exc:
+        raise StoreError(f"{store_path}: cannot open the mosaic store ({exc})") from exc
+    mosaic = get_array(group, "mosaic")
+    if mosaic is None or mosaic.ndim != 3:
+        raise StoreError(f"{store_path}: no finished mosaic in the store (array 'mosaic' "
+                         "(H, W, 3) missing; did the run finish?)")
+    return group, mosaic, dict(group.attrs)
+
+
 @dataclass
 class StoreSeams:
     """The seam check of a finished store and the sky facts it is measured against."""
@@ -559,14 +574,7 @@ def store_seams(store_path: str | Path, *, max_side: int = 1024,
                 n_sigma: float = DEFAULT_N_SIGMA) -> StoreSeams:
     """The seam check of a finished store alone (no HTML), in the report's bounded memory."""
     store_path = Path(store_path)
-    try:
-        group = open_store(store_path)
-    except Exception as exc:
-        raise StoreError(f"{store_path}: cannot open the mosaic store ({exc})") from exc
-    mosaic = get_array(group, "mosaic")
-    if mosaic is None or mosaic.ndim != 3:
-        raise StoreError(f"{store_path}: no finished mosaic in the store")
-    attrs = dict(group.attrs)
+    group, mosaic, attrs = _open_mosaic_store(store_path)
     shape_hw = (int(mosaic.shape[0]), int(mosaic.shape[1]))
     window = window_of(group, shape_hw)
     stride = max(1, int(math.ceil(max(window[1] - window[0], window[3] - window[2]) / float(max_side))))
@@ -619,17 +627,7 @@ def build_report(store_path: str | Path, html_path: str | Path | None = None, *,
     html_path = Path(html_path) if html_path is not None else default_html_path(store_path)
     if int(max_side) < 16:
         raise ValueError("max_side must be >= 16")
-    if not store_path.exists():
-        raise StoreError(f"{store_path}: no such mosaic store")
-    try:
-        group = open_store(store_path)
-    except Exception as exc:
-        raise StoreError(f"{store_path}: cannot open the mosaic store ({exc})") from exc
-    mosaic = get_array(group, "mosaic")
-    if mosaic is None or mosaic.ndim != 3:
-        raise StoreError(f"{store_path}: no finished mosaic in the store (array 'mosaic' "
-                         "(H, W, 3) missing; did the run finish?)")
-    attrs = dict(group.attrs)
+    group, mosaic, attrs = _open_mosaic_store(store_path)
     shape_hw = (int(mosaic.shape[0]), int(mosaic.shape[1]))
     window = window_of(group, shape_hw)
     wy0, wy1, wx0, wx1 = window
