@@ -18,30 +18,20 @@ from astropy.wcs import WCS
 
 from zemosaic_ooc.cli import main
 
+from synthetic_tiles import smooth_tile_data, tan_wcs
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ERROR_PREFIX = "zemosaic-ooc: error:"
 
 
 # --------------------------------------------------------------------------- tile makers
 
-def tile_wcs(shape_hw=(96, 128), crval=(10.0, 20.0), scale_deg=1.0 / 3600) -> WCS:
-    h, w = shape_hw
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = list(crval)
-    wcs.wcs.crpix = [(w + 1) / 2.0, (h + 1) / 2.0]
-    wcs.wcs.cdelt = [-scale_deg, scale_deg]
-    return wcs
+def tile_wcs(shape_hw=(96, 128), crval=(10.0, 20.0)) -> WCS:
+    return tan_wcs(shape_hw, crval)
 
 
 def tile_data(shape_hw=(96, 128), channels=3, seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    h, w = shape_hw
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = 100.0 + 0.05 * xx + 0.03 * yy
-    planes = [base * (1.0 + 0.1 * c) + rng.normal(0, 2.0, (h, w)) for c in range(channels)]
-    data = np.stack(planes).astype(np.float32)
-    return data[0] if channels == 1 else data
+    return smooth_tile_data(shape_hw, seed=seed, channels=channels)
 
 
 def write_tile(path: Path, data: np.ndarray | None = None, *, wcs: WCS | None = None,

@@ -40,6 +40,8 @@ from astropy.wcs import WCS
 
 from zemosaic_ooc.cli import main
 
+from synthetic_tiles import smooth_tile_data, tan_wcs
+
 ERROR_PREFIX = "zemosaic-ooc: error:"
 WARNING_PREFIX = "zemosaic-ooc: warning:"
 TILE_HW = (64, 72)
@@ -57,22 +59,11 @@ def tile_wcs(index: int = 0, shape_hw=TILE_HW, *, dra_deg: float | None = None) 
     h, w = shape_hw
     if dra_deg is None:
         dra_deg = index * (w / 2.0) * SCALE_DEG / np.cos(np.radians(20.0))
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = [10.0 + dra_deg, 20.0]
-    wcs.wcs.crpix = [(w + 1) / 2.0, (h + 1) / 2.0]
-    wcs.wcs.cdelt = [-SCALE_DEG, SCALE_DEG]
-    return wcs
+    return tan_wcs(shape_hw, crval=(10.0 + dra_deg, 20.0), scale_deg=SCALE_DEG)
 
 
 def tile_data(seed: int = 0, shape_hw=TILE_HW, channels: int = 3) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    h, w = shape_hw
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = 100.0 + 0.05 * xx + 0.03 * yy
-    planes = [base * (1.0 + 0.1 * c) + rng.normal(0, 2.0, (h, w)) for c in range(channels)]
-    data = np.stack(planes).astype(np.float32)
-    return data[0] if channels == 1 else data
+    return smooth_tile_data(shape_hw, seed=seed, channels=channels)
 
 
 def write_tile(path: Path, index: int = 0, data: np.ndarray | None = None, *,

@@ -23,20 +23,17 @@ from pathlib import Path
 
 import pytest
 
+from child_rss import VMHWM_FUNCTION
+
 MiB = 2 ** 20
 BUDGET = 32 * MiB
 SLACK = 300 * MiB
 MIN_RATIO = 4.0
 
-CHILD = textwrap.dedent("""
+CHILD = VMHWM_FUNCTION + textwrap.dedent("""
     import json, resource, sys
     from pathlib import Path
 
-    def vmhwm():
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        return 0
 
     from zemosaic_ooc.options import Phase5Options
     from zemosaic_ooc.phase5.pipeline import run_pipeline

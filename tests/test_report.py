@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from child_rss import VMHWM_FUNCTION
+
 from conftest import require_fixtures
 
 MiB = 2 ** 20
@@ -257,13 +259,8 @@ def make_synthetic_store(path: Path, height: int, width: int, block: int, *, nx:
     journal.close()
 
 
-CHILD = textwrap.dedent("""
+CHILD = VMHWM_FUNCTION + textwrap.dedent("""
     import json, sys
-    def vmhwm():
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        return 0
     import numpy, zarr, astropy.wcs, matplotlib, PIL.Image
     from zemosaic_ooc.report import build_report
     import zemosaic_ooc.report.build, zemosaic_ooc.report.figures

@@ -186,7 +186,8 @@ class DemoSky:
         g = (np.exp(-0.5 * d2 / (sigma * sigma)) - cut) * (1.0 / (1.0 - cut))
         return np.maximum(g, 0.0)
 
-    def _diffuse(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    def diffuse(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Sky level + nebulosity (no stars) at reference-plane (u, v), (3,) + u.shape ADU."""
         out = np.empty((3,) + u.shape, dtype=np.float64)
         out[:] = self.sky_level_rgb.reshape((3,) + (1,) * u.ndim)
         for b in self.nebula:
@@ -207,7 +208,7 @@ class DemoSky:
         """The sky at reference-plane positions (u, v), (3,) + u.shape, every star summed."""
         u = np.asarray(u, dtype=np.float64)
         v = np.asarray(v, dtype=np.float64)
-        out = self._diffuse(u, v)
+        out = self.diffuse(u, v)
         reach = self.star_cut_sigma * self.star_sigma
         for k in range(self.star_u.size):
             d2 = (u - self.star_u[k]) ** 2 + (v - self.star_v[k]) ** 2
@@ -235,7 +236,7 @@ class DemoSky:
         """
         h, w = int(shape_hw[0]), int(shape_hw[1])
         u, v = self.uv_of_pixels(wcs, (h, w))
-        out = self._diffuse(u, v)
+        out = self.diffuse(u, v)
         if self.star_u.size == 0:
             return out
         sra, sdec = self.ref_wcs.wcs_pix2world(self.star_u, self.star_v, 0)

@@ -70,7 +70,7 @@ def tile_response(store_path: str | Path, truth_path: str | Path, *, margin: int
     h, w = shape_hw = (int(mosaic.shape[0]), int(mosaic.shape[1]))
     truth_rgb = sky.render(out_wcs, shape_hw)                            # (3, H, W)
     u, v = sky.uv_of_pixels(out_wcs, shape_hw)
-    star_free = (truth_rgb - sky._diffuse(u, v)).max(axis=0) < STAR_FREE_ADU
+    star_free = (truth_rgb - sky.diffuse(u, v)).max(axis=0) < STAR_FREE_ADU
     ys, xs = np.mgrid[0:h, 0:w]
     xs, ys = xs.ravel().astype(np.float64), ys.ravel().astype(np.float64)
     inside_strict, inside_loose = [], []

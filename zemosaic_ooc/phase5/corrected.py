@@ -316,18 +316,16 @@ def robust_deming_fit(x: np.ndarray, y: np.ndarray, delta: float, *,
                       noise_ratio=float(delta))
 
 
-def fit_pair_channels(i: int, j: int, samples: PairSamples, *, plane_terms: bool = True) -> CorrectedPairFit:
-    """Per-channel robust fits of one pair (with a differential background plane when
-    ``plane_terms``); unusable when any channel fails."""
+def fit_pair_channels(i: int, j: int, samples: PairSamples) -> CorrectedPairFit:
+    """Per-channel robust fits of one pair, with a differential background plane over the
+    bin centres; unusable when any channel fails."""
     fit = CorrectedPairFit(i, j, samples.bin_px, samples.n_pixels, int(samples.x.shape[0]))
     if samples.x.shape[0] < MIN_BINS:
         fit.usable, fit.reason = False, f"{samples.x.shape[0]} full bins in the overlap (< {MIN_BINS})"
         return fit
-    plane = None
-    if plane_terms:
-        centre = samples.position.mean(axis=0)
-        half = np.maximum(np.abs(samples.position - centre).max(axis=0), 1.0)
-        plane = (samples.position - centre) / half
+    centre = samples.position.mean(axis=0)
+    half = np.maximum(np.abs(samples.position - centre).max(axis=0), 1.0)
+    plane = (samples.position - centre) / half              # (n, 2) in [−1, 1]
     for c in range(N_CHANNELS):
         delta = (samples.noise_j[c] / samples.noise_i[c]) ** 2 if samples.noise_i[c] > 0 else 1.0
         channel = robust_deming_fit(samples.x[:, c], samples.y[:, c], float(delta),
