@@ -55,3 +55,37 @@ def test_sample_cache_respects_its_capacity(setup):
     background_offsets(backend, store, tiles, grid, blocks=blocks, cache=cache, diff_bytes=1 << 30)
     assert 0 < cache.used <= cache.capacity
     assert 0 < len(cache.items) < len(blocks)
+
+
+def test_block_result_does_not_depend_on_the_chunk_size(setup):
+    """A GPU backend resamples and accumulates a whole block at once (chunk_pixels = 4 Mpx):
+    every formula is per pixel, so the block is bit-identical to the CPU's cache-sized chunks."""
+    import dataclasses
+
+    from zemosaic_ooc.backend import GPU_CHUNK_PIXELS
+
+    backend, store, tiles, grid, blocks = setup
+    whole = dataclasses.replace(backend, chunk_pixels=GPU_CHUNK_PIXELS)
+    small = dataclasses.replace(backend, chunk_pixels=257)
+    for block in blocks[:6]:
+        reference = coadd_block(backend, store, tiles, grid, block)
+        for other in (whole, small):
+            result = coadd_block(other, store, tiles, grid, block)
+            assert np.array_equal(reference.mosaic, result.mosaic, equal_nan=True)
+            assert np.array_equal(reference.coverage, result.coverage)
+            assert np.array_equal(reference.union, result.union)
+
+
+def test_samples_of_another_array_module_are_resampled_not_reused(setup):
+    """Samples kept by a device background walk are not used by a CPU replay of the block."""
+    backend, store, tiles, grid, blocks = setup
+    block = blocks[0]
+    kept = coadd_block(backend, store, tiles, grid, block)
+    from zemosaic_ooc.phase5.coadd import sample_block
+
+    foreign = sample_block(backend, store, tiles, grid, block)
+    for item in foreign.tiles:
+        item.data[...] = 1e9                     # poisoned: must not reach the result
+    foreign.xp = object()                        # "another array module"
+    again = coadd_block(backend, store, tiles, grid, block, samples=foreign)
+    assert np.array_equal(kept.mosaic, again.mosaic, equal_nan=True)

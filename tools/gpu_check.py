@@ -1,38 +1,58 @@
 """CPU vs GPU parity and speed on a machine with a CUDA GPU (issue 4).
 
     python tools/gpu_check.py [--fixtures DIR] [--synthetic 4x4 --tile-size 2048]
-                              [--pool-limit 256MiB] [--tolerance 1e-4]
+                              [--pool-limit 16MiB] [--tolerance 1e-4] [--cpu-workers N]
+                              [--anchor 2x2x1024] [--json FILE]
 
-For each tile set (every golden fixture, then a synthetic set) it runs the full default
-pipeline three ways in one process: CPU only, GPU (block stages on the CuPy backend through
-the OOM guard), and GPU with a small memory-pool limit that forces real out-of-memory replays.
-It prints a parity table (per channel max |Δ| and RMS over P99 − P1, mask agreement, replays)
-and a speed table (CPU, GPU, their ratio, and the reproject anchor on the first pass when
-``--anchor``).  Exits 1 when parity fails (max |Δ| > tolerance × (P99 − P1) on any channel,
-or masks differ), 2 when no GPU is usable.
+For every golden fixture and then a synthetic set (default 16 tiles of 2048² px) it runs
+the full default pipeline (inter-tile calibration, background matching, coadd, two-pass
+renormalisation, patchwork suppressor) three ways in one process, side by side:
 
-Status: written without a GPU (this project's sessions are lent one only sometimes); the
-CuPy path it exercises has not been validated yet.
+* CPU: the numpy backend on ``--cpu-workers`` threads (default: every core);
+* GPU: the CuPy backend (every block stage through the OOM guard); it must run with no
+  replay and the GPU never disabled, or the check fails (a silent CPU fallback would
+  make the parity meaningless);
+* GPU with a small memory-pool limit (``--pool-limit``) that forces real out-of-memory
+  errors: the guard replays those blocks on the CPU; at least one must happen.
+
+Parity per channel: max |Δ| and RMS over the CPU mosaic's P99 − P1, on pixels valid in
+both, the valid masks must agree exactly, and the seam metric of both mosaics
+(:func:`zemosaic_ooc.report.build.store_seams`).  Speed: wall time of each run, the
+CPU/GPU ratio, host↔device bytes moved by the GPU run and their average rate, next to the
+measured copy rate of this machine (pageable and pinned, 256 MiB), so the gap to the bus
+limit is visible.  ``--anchor NXxNYxSIZE`` also times the reproject anchor (ZeMosaic's
+CPU call, :mod:`tools.bench_phase5`) against our CPU and GPU first pass on a smaller
+synthetic set, and scales it per covered megapixel to the big set (printed as an
+extrapolation: the anchor alone on 16×2048² takes many minutes).
+
+Exits 1 when parity fails, 2 when no GPU is usable.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from zemosaic_ooc.backend import cupy_available, cupy_backend  # noqa: E402
 from zemosaic_ooc.options import Phase5Options, parse_size  # noqa: E402
 from zemosaic_ooc.phase5.pipeline import run_pipeline  # noqa: E402
 
+MiB = 1 << 20
 
-def _window(path: Path):
+
+def _window(path: Path) -> np.ndarray:
     import zarr
 
     group = zarr.open_group(str(path), mode="r")
@@ -40,74 +60,247 @@ def _window(path: Path):
     return group["mosaic"][y0:y1, x0:x1, :]
 
 
-def parity(cpu: np.ndarray, gpu: np.ndarray) -> dict:
+def parity(cpu: np.ndarray, gpu: np.ndarray) -> dict[str, Any]:
+    """Mask agreement and per-channel max / RMS |Δ| over the CPU's P99 − P1."""
+    if cpu.shape != gpu.shape:
+        return {"mask_agreement": 0.0, "max": [float("inf")] * 3, "rms": [float("inf")] * 3,
+                "note": f"shapes differ {cpu.shape} vs {gpu.shape}"}
     valid_cpu = np.isfinite(cpu).all(-1)
     valid_gpu = np.isfinite(gpu).all(-1)
     both = valid_cpu & valid_gpu
-    out = {"mask_agreement": float(np.mean(valid_cpu == valid_gpu)), "max": [], "rms": []}
+    out: dict[str, Any] = {"mask_agreement": float(np.mean(valid_cpu == valid_gpu)), "max": [], "rms": []}
     for c in range(3):
         a, b = cpu[..., c][both].astype(np.float64), gpu[..., c][both].astype(np.float64)
-        p1, p99 = np.percentile(a, [1, 99])
+        p1, p99 = np.percentile(a, [1, 99]) if a.size else (0.0, 1.0)
         span = max(p99 - p1, 1e-30)
         out["max"].append(float(np.max(np.abs(a - b), initial=0.0) / span))
         out["rms"].append(float(np.sqrt(np.mean((a - b) ** 2)) / span) if a.size else 0.0)
     return out
 
 
-def run_set(name: str, tiles: list[Path], work: Path, pool_limit: int, tolerance: float) -> bool:
-    opts = Phase5Options(gpu="off")
+def seam_value(store: Path) -> float:
+    from zemosaic_ooc.report.build import store_seams
+
+    try:
+        return float(store_seams(store).metric)
+    except Exception:  # the metric is informative; parity decides
+        return float("nan")
+
+
+def copy_rates() -> dict[str, float]:
+    """Host→device and device→host GB/s for 256 MiB, pageable and pinned (this machine's bus)."""
+    import cupy
+
+    nbytes = 256 * MiB
+    host = np.ones(nbytes // 4, dtype=np.float32)
+    pinned_mem = cupy.cuda.alloc_pinned_memory(nbytes)
+    pinned = np.frombuffer(pinned_mem, dtype=np.float32, count=nbytes // 4)
+    pinned[:] = 1.0
+    device = cupy.empty(nbytes // 4, dtype=np.float32)
+    rates = {}
+    for label, src in (("pageable", host), ("pinned", pinned)):
+        device.set(src)
+        cupy.cuda.Device().synchronize()
+        t0 = time.perf_counter()
+        for _ in range(4):
+            device.set(src)
+        cupy.cuda.Device().synchronize()
+        rates[f"h2d_{label}_GBps"] = 4 * nbytes / (time.perf_counter() - t0) / 1e9
+        t0 = time.perf_counter()
+        for _ in range(4):
+            device.get(out=src)
+        cupy.cuda.Device().synchronize()
+        rates[f"d2h_{label}_GBps"] = 4 * nbytes / (time.perf_counter() - t0) / 1e9
+    del device
+    cupy.get_default_memory_pool().free_all_blocks()
+    return rates
+
+
+def timed_run(tiles: list[Path], out: Path, opts: Phase5Options, **kwargs: Any) -> tuple[float, Any]:
+    if out.exists():
+        shutil.rmtree(out)
     t0 = time.perf_counter()
-    run_pipeline(tiles, work / f"{name}_cpu.zarr", opts)
-    cpu_s = time.perf_counter() - t0
-    device = cupy_backend()
-    t0 = time.perf_counter()
-    gpu_summary = run_pipeline(tiles, work / f"{name}_gpu.zarr", opts, device=device)
-    gpu_s = time.perf_counter() - t0
-    small = cupy_backend(budget_bytes=pool_limit)
-    oom_summary = run_pipeline(tiles, work / f"{name}_oom.zarr", opts, device=small)
+    summary = run_pipeline(tiles, out, opts, **kwargs)
+    return time.perf_counter() - t0, summary
+
+
+def check_set(name: str, tiles: list[Path], work: Path, ns: argparse.Namespace,
+              first_pass_only: bool = False) -> dict[str, Any]:
+    """CPU, GPU and GPU-with-a-small-pool runs of one tile set; parity, seams and speed."""
+    kwargs: dict[str, Any] = {"gpu": "off"}
+    if first_pass_only:
+        kwargs.update(two_pass_coverage_renorm=False, patchwork_suppressor_enabled=False)
+    opts = Phase5Options(**kwargs)
+    cpu_s, cpu_summary = timed_run(tiles, work / f"{name}_cpu.zarr", opts, workers=ns.cpu_workers)
+    gpu_s, gpu_summary = timed_run(tiles, work / f"{name}_gpu.zarr", opts,
+                                   device=cupy_backend(ns.gpu_budget))
+    row: dict[str, Any] = {"set": name, "n_tiles": len(tiles), "first_pass_only": first_pass_only,
+                           "shape_hw": list(cpu_summary.shape_hw), "cpu_s": cpu_s, "gpu_s": gpu_s,
+                           "cpu_workers": ns.cpu_workers, "gpu_workers": gpu_summary.workers,
+                           "cpu_stages": cpu_summary.stages, "gpu_stages": gpu_summary.stages,
+                           "gpu_device": gpu_summary.device}
+    covered = cpu_summary.valid_fraction * (cpu_summary.window[1] - cpu_summary.window[0]) * \
+        (cpu_summary.window[3] - cpu_summary.window[2])
+    row["covered_mpix"] = covered / 1e6
     cpu = _window(work / f"{name}_cpu.zarr")
-    ok = True
-    for label, path, summary in (("gpu", f"{name}_gpu.zarr", gpu_summary),
-                                 ("gpu small pool", f"{name}_oom.zarr", oom_summary)):
-        result = parity(cpu, _window(work / path))
-        passed = result["mask_agreement"] == 1.0 and max(result["max"]) <= tolerance
-        ok &= passed
-        print(f"{name:28s} {label:15s} max/(P99-P1) {['%.2e' % v for v in result['max']]} "
-              f"rms {['%.2e' % v for v in result['rms']]} masks {result['mask_agreement']:.6f} "
-              f"replays {summary.device.get('replays')} oom {summary.device.get('oom_strikes')} "
-              f"{'PASS' if passed else 'FAIL'}")
-    print(f"{name:28s} speed: CPU {cpu_s:.1f} s, GPU {gpu_s:.1f} s, CPU/GPU {cpu_s / gpu_s:.2f}x")
-    return ok
+    row["gpu"] = parity(cpu, _window(work / f"{name}_gpu.zarr"))
+    ran_on_gpu = gpu_summary.device.get("replays") == 0 and gpu_summary.device.get("disabled_reason") is None
+    row["gpu"]["ran_on_gpu"] = ran_on_gpu
+    moved = gpu_summary.device.get("bytes_to_device", 0) + gpu_summary.device.get("bytes_to_host", 0)
+    row["bytes_moved"] = moved
+    row["avg_GBps"] = moved / gpu_s / 1e9 if gpu_s > 0 else float("nan")
+    ok = ran_on_gpu and _passes(row["gpu"], ns.tolerance)
+    if not first_pass_only:
+        row["seams"] = {"cpu": seam_value(work / f"{name}_cpu.zarr"),
+                        "gpu": seam_value(work / f"{name}_gpu.zarr")}
+        _, small = timed_run(tiles, work / f"{name}_oom.zarr", opts,
+                             device=cupy_backend(int(ns.pool_limit)))
+        row["small_pool"] = parity(cpu, _window(work / f"{name}_oom.zarr"))
+        row["small_pool"]["device"] = small.device
+        forced = int(small.device.get("oom_strikes", 0)) > 0
+        row["small_pool"]["forced_oom"] = forced
+        ok &= forced and _passes(row["small_pool"], ns.tolerance)
+        shutil.rmtree(work / f"{name}_oom.zarr", ignore_errors=True)
+    row["pass"] = bool(ok)
+    for suffix in ("cpu", "gpu"):
+        shutil.rmtree(work / f"{name}_{suffix}.zarr", ignore_errors=True)
+    return row
 
 
-def main(argv=None) -> int:
+def _passes(result: dict[str, Any], tolerance: float) -> bool:
+    return result["mask_agreement"] == 1.0 and max(result["max"]) <= tolerance
+
+
+def anchor_seconds(tiles_dir: Path, work: Path, name: str) -> float:
+    """Wall time of the reproject anchor (bench_phase5's worker) on a tile set, first pass."""
+    import bench_phase5
+
+    header = work / f"{name}_grid.hdr"
+    out = work / f"{name}_grid.zarr"
+    tiles = sorted(tiles_dir.glob("master_tile_*.fits"))
+    summary = run_pipeline(tiles, out, Phase5Options(gpu="off", two_pass_coverage_renorm=False,
+                                                     patchwork_suppressor_enabled=False, overwrite=True))
+    import zarr
+
+    header.write_text(zarr.open_group(str(out), mode="r").attrs["output_wcs_header"])
+    shutil.rmtree(out, ignore_errors=True)
+    ns = argparse.Namespace(header=str(header), shape=list(summary.shape_hw), crop=True,
+                            crop_percent=Phase5Options().master_tile_crop_percent, tiles_dir=str(tiles_dir))
+    return float(bench_phase5.worker_anchor(ns)["wall_s"])
+
+
+def print_row(row: dict[str, Any]) -> None:
+    def fmt(values: list[float]) -> str:
+        return "[" + ", ".join(f"{v:.1e}" for v in values) + "]"
+
+    g = row["gpu"]
+    print(f"{row['set']:26s} GPU        max/(P99-P1) {fmt(g['max'])} rms {fmt(g['rms'])} "
+          f"masks {g['mask_agreement']:.6f} on-gpu {g['ran_on_gpu']}", flush=True)
+    if "small_pool" in row:
+        s = row["small_pool"]
+        print(f"{row['set']:26s} small pool max/(P99-P1) {fmt(s['max'])} rms {fmt(s['rms'])} "
+              f"masks {s['mask_agreement']:.6f} oom {s['device'].get('oom_strikes')} "
+              f"replays {s['device'].get('replays')} by stage {s['device'].get('replays_by_stage')}",
+              flush=True)
+    if "seams" in row:
+        print(f"{row['set']:26s} seam metric CPU {row['seams']['cpu']:.5f} GPU {row['seams']['gpu']:.5f}")
+    print(f"{row['set']:26s} speed{' (first pass)' if row['first_pass_only'] else ''}: "
+          f"CPU {row['cpu_s']:.2f} s ({row['cpu_workers']} threads), GPU {row['gpu_s']:.2f} s, "
+          f"CPU/GPU {row['cpu_s'] / row['gpu_s']:.2f}x; moved {row['bytes_moved'] / 1e9:.2f} GB "
+          f"({row['avg_GBps']:.2f} GB/s average) {'PASS' if row['pass'] else 'FAIL'}", flush=True)
+    print(f"{'':26s} CPU stages " + ", ".join(f"{n} {s:.2f}" for n, s in row["cpu_stages"]))
+    print(f"{'':26s} GPU stages " + ", ".join(f"{n} {s:.2f}" for n, s in row["gpu_stages"]))
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="CPU vs GPU parity and speed (needs a CUDA GPU)")
     parser.add_argument("--fixtures", default=str(Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
     parser.add_argument("--synthetic", default="4x4", help="synthetic layout NXxNY ('' to skip)")
     parser.add_argument("--tile-size", type=int, default=2048)
-    parser.add_argument("--pool-limit", default="256MiB", help="memory-pool limit of the OOM run")
+    parser.add_argument("--pool-limit", type=parse_size, default=parse_size("16MiB"),
+                        help="memory-pool limit of the forced-OOM run")
+    parser.add_argument("--gpu-budget", type=parse_size, default=None,
+                        help="memory-pool limit of the GPU run (default: a share of free memory)")
     parser.add_argument("--tolerance", type=float, default=1e-4)
-    args = parser.parse_args(argv)
+    parser.add_argument("--cpu-workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--anchor", default="", help="NXxNYxSIZE: also time the reproject anchor there")
+    parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--json", default=None, help="write every figure to this JSON file")
+    ns = parser.parse_args(argv)
     if not cupy_available():
         print("gpu_check: no usable CUDA device (cupy missing or no device answers)", file=sys.stderr)
         return 2
-    work = Path(tempfile.mkdtemp(prefix="zemosaic_ooc_gpu_check_"))
+    device = cupy_backend()
+    print(f"device {device.extra.get('device_name')}, cupy {device.extra.get('cupy_version')}, "
+          f"free {device.extra.get('free_bytes', 0) / 2**30:.1f} GiB of "
+          f"{device.extra.get('total_bytes', 0) / 2**30:.1f}; {os.cpu_count()} CPU cores", flush=True)
+    report: dict[str, Any] = {"device": device.extra, "cpu_count": os.cpu_count(), "sets": []}
+    report["copy_rates"] = copy_rates()
+    print("bus: " + ", ".join(f"{k} {v:.1f}" for k, v in report["copy_rates"].items()), flush=True)
+    work = Path(ns.work) if ns.work else Path(tempfile.mkdtemp(prefix="zemosaic_ooc_gpu_check_"))
+    work.mkdir(parents=True, exist_ok=True)
     ok = True
+
+    def attempt(label: str, fn):
+        nonlocal ok
+        try:
+            row = fn()
+            report["sets"].append(row)
+            print_row(row)
+            ok &= row["pass"]
+        except Exception:
+            ok = False
+            text = traceback.format_exc()
+            print(f"{label}: ERROR\n{text}", flush=True)
+            report["sets"].append({"set": label, "error": text, "pass": False})
+        if ns.json:
+            Path(ns.json).write_text(json.dumps(report, indent=1, default=str))
+
     try:
-        for folder in sorted(Path(args.fixtures).glob("*/ref.json")):
-            tiles = sorted(folder.parent.glob("master_tile_*.fits"))
-            ok &= run_set(folder.parent.name, tiles, work, parse_size(args.pool_limit), args.tolerance)
-        if args.synthetic:
+        for ref in sorted(Path(ns.fixtures).glob("*/ref.json")):
+            tiles = sorted(ref.parent.glob("master_tile_*.fits"))
+            attempt(ref.parent.name, lambda: check_set(ref.parent.name, tiles, work, ns))
+        if ns.synthetic:
             from zemosaic_ooc.demo import make_demo_tiles
 
-            nx, ny = (int(v) for v in args.synthetic.lower().split("x"))
-            tiles = make_demo_tiles(work / "synthetic", nx=nx, ny=ny,
-                                    tile_hw=(args.tile_size, args.tile_size), overlap=0.15, seed=2)
-            ok &= run_set(f"synthetic_{args.synthetic}", tiles, work, parse_size(args.pool_limit),
-                          args.tolerance)
+            nx, ny = (int(v) for v in ns.synthetic.lower().split("x"))
+            name = f"synthetic_{nx}x{ny}x{ns.tile_size}"
+            t0 = time.perf_counter()
+            tiles = make_demo_tiles(work / name, nx=nx, ny=ny, tile_hw=(ns.tile_size, ns.tile_size),
+                                    overlap=0.15, seed=2, workers=os.cpu_count() or 1)
+            print(f"{name}: generated in {time.perf_counter() - t0:.1f} s", flush=True)
+            attempt(name, lambda: check_set(name, tiles, work, ns))
+            attempt(name + " first pass", lambda: check_set(name, tiles, work, ns, first_pass_only=True))
+        if ns.anchor:
+            from zemosaic_ooc.demo import make_demo_tiles
+
+            ax, ay, asize = (int(v) for v in ns.anchor.lower().split("x"))
+            aname = f"anchor_{ax}x{ay}x{asize}"
+            atiles = make_demo_tiles(work / aname, nx=ax, ny=ay, tile_hw=(asize, asize), overlap=0.15,
+                                     seed=2, workers=os.cpu_count() or 1)
+
+            def anchor_row() -> dict[str, Any]:
+                row = check_set(aname, atiles, work, ns, first_pass_only=True)
+                row["anchor_s"] = anchor_seconds(work / aname, work, aname)
+                row["anchor_over_gpu"] = row["anchor_s"] / row["gpu_s"]
+                row["anchor_over_cpu"] = row["anchor_s"] / row["cpu_s"]
+                print(f"{aname:26s} anchor {row['anchor_s']:.2f} s: anchor/GPU "
+                      f"{row['anchor_over_gpu']:.1f}x, anchor/CPU {row['anchor_over_cpu']:.1f}x "
+                      f"({row['anchor_s'] / row['covered_mpix']:.3f} s per covered Mpix)", flush=True)
+                big = [r for r in report["sets"] if r.get("first_pass_only") and r.get("set", "").startswith("synthetic")]
+                if big:
+                    est = row["anchor_s"] / row["covered_mpix"] * big[0]["covered_mpix"]
+                    row["anchor_extrapolated"] = {"set": big[0]["set"], "anchor_s": est,
+                                                  "anchor_over_gpu": est / big[0]["gpu_s"]}
+                    print(f"{big[0]['set']:26s} anchor extrapolated per covered Mpix: {est:.1f} s, "
+                          f"anchor/GPU {est / big[0]['gpu_s']:.1f}x (first pass)", flush=True)
+                return row
+
+            attempt(aname, anchor_row)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-    print("parity", "PASS" if ok else "FAIL")
+        if not ns.work:
+            shutil.rmtree(work, ignore_errors=True)
+    print("parity", "PASS" if ok else "FAIL", flush=True)
     return 0 if ok else 1
 
 

@@ -9,10 +9,12 @@ changes where the arithmetic runs, never what it computes.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import scipy.ndimage
@@ -20,6 +22,14 @@ import scipy.ndimage
 from .errors import ZeMosaicOocError
 
 log = logging.getLogger(__name__)
+
+#: output pixels per resampling chunk on the CPU (temporaries of ≤ 1 MiB stay in cache)
+CPU_CHUNK_PIXELS = 1 << 15
+#: on a GPU a chunk is a whole block (up to 4 Mpx): fewer, larger kernels
+GPU_CHUNK_PIXELS = 1 << 22
+#: default VRAM budget: this fraction of the device's free memory at start
+GPU_FREE_FRACTION = 0.6
+_COUNT_LOCK = threading.Lock()   # guards the transfer counters (module level: a Backend pickles)
 
 
 class GpuUnavailableError(ZeMosaicOocError):
@@ -41,6 +51,10 @@ class Backend:
         ``scipy.ndimage`` or ``cupyx.scipy.ndimage``.
     budget_bytes:
         Memory this backend may use for one block's working set (bytes).
+    chunk_pixels:
+        Output pixels resampled / accumulated at once: cache-sized on the CPU,
+        a whole block on a GPU (fewer, larger kernel launches).  Results do not
+        depend on it (every formula is per pixel).
     """
 
     name: str
@@ -49,16 +63,46 @@ class Backend:
     budget_bytes: int = 2 * 1024**3
     is_device: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    chunk_pixels: int = CPU_CHUNK_PIXELS
+    #: host→device and device→host bytes moved (cupy only), for the transfer report
+    bytes_to_device: int = 0
+    bytes_to_host: int = 0
+
+    @property
+    def on_host(self) -> bool:
+        """True when the arrays live in host memory (numpy)."""
+        return self.xp is np
 
     def asarray(self, array: Any, dtype: Any = None) -> Any:
         """Move a host array to this backend (no copy on numpy when possible)."""
+        if not self.on_host and isinstance(array, np.ndarray):
+            with _COUNT_LOCK:
+                self.bytes_to_device += int(array.nbytes)
         return self.xp.asarray(array, dtype=dtype)
 
     def to_host(self, array: Any) -> np.ndarray:
         """Return a numpy array (a device→host copy on cupy)."""
-        if self.xp is np:
+        if self.on_host or isinstance(array, np.ndarray):
             return np.asarray(array)
+        with _COUNT_LOCK:
+            self.bytes_to_host += int(array.nbytes)
         return self.xp.asnumpy(array)
+
+    @contextlib.contextmanager
+    def task_stream(self) -> Iterator[None]:
+        """Run a block task on its own stream (cupy: a non-blocking stream per task, so the
+        copies and kernels of concurrent worker threads overlap; numpy: nothing).
+        The stream is synchronized before the task's results are used."""
+        if self.on_host:
+            yield
+            return
+        stream = self.xp.cuda.Stream(non_blocking=True)  # pragma: no cover - device only
+        with stream:  # pragma: no cover - device only
+            yield
+            stream.synchronize()
+
+    def transfer_summary(self) -> dict[str, int]:
+        return {"bytes_to_device": int(self.bytes_to_device), "bytes_to_host": int(self.bytes_to_host)}
 
     def free_memory(self) -> None:
         """Release cached device memory (no-op on numpy)."""
@@ -109,11 +153,16 @@ def cupy_backend(budget_bytes: int | None = None) -> Backend:  # pragma: no cove
 
     free, total = cupy.cuda.Device().mem_info
     if budget_bytes is None:
-        budget_bytes = int(free * 0.6)
+        budget_bytes = int(free * GPU_FREE_FRACTION)
     pool = cupy.get_default_memory_pool()
     pool.set_limit(size=int(budget_bytes))
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    name = props.get("name", b"")
+    name = name.decode() if isinstance(name, bytes) else str(name)
     return Backend(name="gpu", xp=cupy, ndimage=cndimage, budget_bytes=int(budget_bytes),
-                   is_device=True, extra={"free_bytes": free, "total_bytes": total})
+                   is_device=True, chunk_pixels=GPU_CHUNK_PIXELS,
+                   extra={"free_bytes": free, "total_bytes": total, "device_name": name,
+                          "cupy_version": cupy.__version__})
 
 
 def select_backend(mode: str = "auto", *, host_budget_bytes: int = 2 * 1024**3,
@@ -129,7 +178,13 @@ def select_backend(mode: str = "auto", *, host_budget_bytes: int = 2 * 1024**3,
     if mode not in ("auto", "on", "true", "1", "gpu"):
         raise ValueError(f"--gpu must be auto, on or off, not {mode!r}")
     if cupy_available():
-        return cupy_backend(gpu_budget_bytes)  # pragma: no cover - device only
+        try:
+            return cupy_backend(gpu_budget_bytes)  # pragma: no cover - device only
+        except Exception as exc:  # pragma: no cover - device only
+            if mode != "auto":
+                raise GpuUnavailableError(f"--gpu on: the CUDA device did not answer ({exc})") from exc
+            log.warning("GPU unusable (%s); running on the CPU", exc)
+            return numpy_backend(host_budget_bytes)
     if mode in ("on", "true", "1", "gpu"):
         raise GpuUnavailableError(
             "--gpu on was requested but no CUDA device is usable "

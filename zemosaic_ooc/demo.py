@@ -23,6 +23,8 @@ re-render the true sky on any grid (:func:`load_truth`, :meth:`DemoSky.render`).
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
+
 import json
 import math
 import warnings
@@ -361,11 +363,31 @@ def _sip_flags(sip: bool | Sequence[bool], n: int, rng: np.random.Generator) -> 
     return flags
 
 
+def _render_tile(sky: "DemoSky", shape_hw: tuple[int, int], hdr: fits.Header, gain: np.ndarray,
+                 offset: np.ndarray, tile_noise: np.ndarray | None, band: list[int], ramp: int,
+                 path: Path) -> None:
+    """Render one tile of :func:`make_demo_tiles` (sky × gain + offset + noise, ALPHA) to ``path``."""
+    truth_sky = sky.render(_quiet_wcs(hdr), shape_hw)
+    data = truth_sky * gain[:, None, None] + offset[:, None, None]
+    data = data.astype(np.float32)
+    if tile_noise is not None:
+        data += tile_noise
+    alpha = make_alpha(shape_hw, band, ramp)
+    data[:, alpha == 0] = 0.0
+    ahdr = fits.Header()
+    ahdr["ALPHADSC"] = "1=opaque(in), 0=transparent(out)"
+    fits.HDUList([
+        fits.PrimaryHDU(data=data, header=hdr),
+        fits.ImageHDU(data=alpha, header=ahdr, name="ALPHA"),
+    ]).writeto(path, overwrite=True)
+
+
 def make_demo_tiles(out_dir: str | Path, *, nx: int = 2, ny: int = 2,
                     tile_hw: tuple[int, int] = (512, 544), overlap: float = 0.3, seed: int = 0,
                     pixel_scale_arcsec: float = 2.4, sip: bool | Sequence[bool] = True,
                     noise: bool = True, ra: float = 150.0, dec: float = 35.0,
-                    gain_spread: float = 0.10, nebula_detail: int = 0) -> list[Path]:
+                    gain_spread: float = 0.10, nebula_detail: int = 0,
+                    workers: int = 1) -> list[Path]:
     """Write a synthetic ZeMosaic master-tile set and ``truth.json``; return the tile paths.
 
     Tiles are numbered row by row (``index = j * nx + i``, ``i`` along x/RA, ``j`` along
@@ -374,7 +396,8 @@ def make_demo_tiles(out_dir: str | Path, *, nx: int = 2, ny: int = 2,
     subset of tiles (always tile 0, never all of them when there are several); a sequence
     of booleans chooses per tile; ``False`` gives plain TAN everywhere.  Gains per tile and
     channel are drawn in ``1 ± gain_spread``; ``nebula_detail`` adds small nebula knots
-    (:meth:`DemoSky.random`).
+    (:meth:`DemoSky.random`).  ``workers`` > 1 renders and writes that many tiles at once on
+    threads (the same files: every random draw stays in tile order).
     """
     if nx < 1 or ny < 1:
         raise ValueError("nx and ny must be >= 1")
@@ -403,6 +426,8 @@ def make_demo_tiles(out_dir: str | Path, *, nx: int = 2, ny: int = 2,
 
     paths: list[Path] = []
     records: list[dict[str, Any]] = []
+    pool = cf.ThreadPoolExecutor(max_workers=int(workers)) if int(workers) > 1 else None
+    pending: list[cf.Future] = []
     for j in range(ny):
         for i in range(nx):
             idx = j * nx + i
@@ -425,22 +450,16 @@ def make_demo_tiles(out_dir: str | Path, *, nx: int = 2, ny: int = 2,
             hdr = _tile_header(shape_hw=(h, w), crval=crval, rotation_deg=rotation,
                                scale_deg=scale_deg, sip_terms=sip_terms, zmt_id=idx,
                                nframes=nf, nalgn=nf, nraw=nraw)
-            wcs = _quiet_wcs(hdr)
-            truth_sky = sky.render(wcs, (h, w))
-            data = truth_sky * gain[:, None, None] + offset[:, None, None]
-            data = data.astype(np.float32)
-            if noise:
-                data += noise_rng.standard_normal((3, h, w), dtype=np.float32) * np.float32(sigma_n)
-            alpha = make_alpha((h, w), band, ramp)
-            data[:, alpha == 0] = 0.0
-
-            ahdr = fits.Header()
-            ahdr["ALPHADSC"] = "1=opaque(in), 0=transparent(out)"
             path = out / tile_name(idx)
-            fits.HDUList([
-                fits.PrimaryHDU(data=data, header=hdr),
-                fits.ImageHDU(data=alpha, header=ahdr, name="ALPHA"),
-            ]).writeto(path, overwrite=True)
+            tile_noise = (noise_rng.standard_normal((3, h, w), dtype=np.float32) * np.float32(sigma_n)
+                          if noise else None)
+            job = (hdr, gain, offset, tile_noise, band, ramp, path)
+            if pool is None:
+                _render_tile(sky, (h, w), *job)
+            else:
+                pending.append(pool.submit(_render_tile, sky, (h, w), *job))
+                if len(pending) >= workers:          # bounded: at most ``workers`` noise planes held
+                    pending.pop(0).result()
             paths.append(path)
             records.append({
                 "file": path.name, "zmt_id": idx, "tile_id": f"tile:{idx}",
@@ -454,6 +473,10 @@ def make_demo_tiles(out_dir: str | Path, *, nx: int = 2, ny: int = 2,
                              "noise_sigma_adu": sigma_n if noise else 0.0},
             })
 
+    if pool is not None:
+        for future in pending:
+            future.result()
+        pool.shutdown()
     truth = {
         "schema": TRUTH_SCHEMA,
         "seed": int(seed), "nx": int(nx), "ny": int(ny), "tile_hw": [h, w],

@@ -43,6 +43,7 @@ class OomGuard:
     strikes: int = 0
     disabled_reason: str | None = None
     replays: int = 0
+    replays_by_stage: dict[str, int] = field(default_factory=dict)
     _warned: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -58,7 +59,8 @@ class OomGuard:
         try:
             if self.inject is not None:
                 self.inject(stage, box, device)
-            result = task(box, device)
+            with device.task_stream():
+                result = task(box, device)
             return result, BlockOutcome(device.name, False)
         except Exception as exc:  # noqa: BLE001 - classified below
             if is_out_of_memory(exc):
@@ -67,11 +69,18 @@ class OomGuard:
                 self._disable(f"device error in {stage} block {box}: {exc}")
             else:
                 raise
-            device.free_memory()
-            result = task(box, self.host)
-            with self._lock:
-                self.replays += 1
-            return result, BlockOutcome(self.host.name, True, f"{type(exc).__name__}: {exc}")
+            failure = f"{type(exc).__name__}: {exc}"
+        # outside the handler: the failed attempt's traceback (and its device arrays) is gone
+        device.free_memory()
+        result = task(box, self.host)
+        with self._lock:
+            self.replays += 1
+            self.replays_by_stage[stage] = self.replays_by_stage.get(stage, 0) + 1
+        return result, BlockOutcome(self.host.name, True, failure)
+
+    def call(self, stage: str, key: Any, task: Callable[[Any, Backend], Any]) -> Any:
+        """:meth:`run` returning the result alone (for stages that journal no blocks)."""
+        return self.run(stage, key, task)[0]
 
     def _oom(self, stage: str, box: Any, exc: BaseException) -> None:
         with self._lock:
@@ -91,6 +100,12 @@ class OomGuard:
                 log.warning("GPU disabled for the rest of the run: %s; finishing on the CPU", reason)
 
     def summary(self) -> dict[str, Any]:
-        return {"device": None if self.device is None else self.device.name,
-                "oom_strikes": self.strikes, "replays": self.replays,
-                "disabled_reason": self.disabled_reason}
+        out: dict[str, Any] = {"device": None if self.device is None else self.device.name,
+                               "oom_strikes": self.strikes, "replays": self.replays,
+                               "replays_by_stage": dict(self.replays_by_stage),
+                               "disabled_reason": self.disabled_reason}
+        if self.device is not None:
+            out.update(self.device.transfer_summary())
+            if self.device.extra.get("device_name"):
+                out["device_name"] = self.device.extra["device_name"]
+        return out

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import threading
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -29,6 +29,10 @@ from .coadd import open_view, sample_block
 from .grid import Box, intersect
 from .mapping import DEFAULT_CONTROL_STEP, OutputGrid
 from .prep import TilePlan
+
+#: ``run_on(stage, key, task)`` runs ``task(key, backend)`` on some backend and returns its
+#: result (the pipeline passes its OOM guard's :meth:`~..fallback.guard.OomGuard.call`)
+RunOn = Callable[[str, Any, Callable[[Any, Backend], Any]], Any]
 
 
 def boxes_overlap(a: Box, b: Box) -> bool:
@@ -118,22 +122,24 @@ def block_pair_offsets(backend: Backend, store: TileStore, tiles: Sequence[TileP
                        pairs: Sequence[tuple[TilePlan, TilePlan]], blocks: Sequence[Box], *,
                        step: int = DEFAULT_CONTROL_STEP, workers: int = 1,
                        cache: MemoryShelf | None = None,
-                       progress: Callable[[int, int], None] | None = None) -> list[list[float]]:
+                       progress: Callable[[int, int], None] | None = None,
+                       run_on: RunOn | None = None) -> list[list[float]]:
     """O_st of every pair from a walk over the output blocks (the pass-1 blocks).
 
     Each block is resampled once with :func:`~.coadd.sample_block` (all its tiles, their
     union); the difference values of every pair overlapping there are gathered (every
     pixel of an overlap lies in exactly one block) and each median is taken exactly at
     the end.  The block samples go into ``cache`` (keyed by block, while it has room) for
-    pass 1.
+    pass 1.  ``run_on`` chooses the backend of each block (default: ``backend``).
     Memory: the gathered differences, 12 bytes per overlap pixel, plus a block per worker.
     """
     pieces: dict[tuple[int, int], list[list[np.ndarray]]] = {
         (s.index, t.index): [[], [], []] for s, t in pairs}
     lock = threading.Lock()
 
-    def one(block: Box) -> None:
-        samples = sample_block(backend, store, tiles, grid, block, step=step)
+    def one(block: Box, be: Backend) -> None:
+        xp = be.xp
+        samples = sample_block(be, store, tiles, grid, block, step=step)
         found = {item.tile.index: item for item in samples.tiles}
         local = []
         for s, t in pairs:
@@ -149,7 +155,7 @@ def block_pair_offsets(backend: Backend, store: TileStore, tiles: Sequence[TileP
                 parts.append((d, xp.isfinite(d) & (item.weight[sl] > 0)))
             both = parts[0][1] & parts[1][1]
             diff = parts[0][0] - parts[1][0]
-            local.append(((s.index, t.index), [backend.to_host(diff[..., c][both[..., c]]) for c in range(3)]))
+            local.append(((s.index, t.index), [be.to_host(diff[..., c][both[..., c]]) for c in range(3)]))
         with lock:
             for key, values in local:
                 for c in range(3):
@@ -158,9 +164,11 @@ def block_pair_offsets(backend: Backend, store: TileStore, tiles: Sequence[TileP
         if cache is not None:
             cache.put(block, samples, samples.nbytes)
 
-    xp = backend.xp
+    def walk(block: Box) -> None:
+        return run_on("background", block, one) if run_on is not None else one(block, backend)
+
     with cf.ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
-        done_blocks = pool.map(one, blocks) if workers > 1 else map(one, blocks)
+        done_blocks = pool.map(walk, blocks) if workers > 1 else map(walk, blocks)
         for done, _ in enumerate(done_blocks):
             if progress:
                 progress(done + 1, len(blocks))
@@ -173,7 +181,7 @@ def background_offsets(backend: Backend, store: TileStore, tiles: Sequence[TileP
                        step: int = DEFAULT_CONTROL_STEP,
                        strip_pixels: int = 1 << 20, workers: int = 1,
                        blocks: Sequence[Box] | None = None, cache: MemoryShelf | None = None,
-                       diff_bytes: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                       diff_bytes: int = 0, run_on: RunOn | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-tile, per-channel offsets k (N × 3) and the pairwise matrices (3 × K × K).
 
     Only tiles with a §4.2 box take part (others get 0 and contribute nothing).  With
@@ -181,7 +189,8 @@ def background_offsets(backend: Backend, store: TileStore, tiles: Sequence[TileP
     the pairs are measured by one walk over the blocks (:func:`block_pair_offsets`,
     which also fills ``cache`` for pass 1); otherwise pair by pair in strips
     (:func:`pair_offset`), each pair holding one strip of both tiles.  Either way on
-    ``workers`` threads (numpy releases the GIL in the gathers and arithmetic).
+    ``workers`` threads (numpy releases the GIL in the gathers and arithmetic).  ``run_on``
+    picks the backend of each block or pair (the OOM guard: the device, replayed on the CPU).
     """
     kept = [t for t in tiles if t.box is not None]
     n = len(kept)
@@ -191,14 +200,18 @@ def background_offsets(backend: Backend, store: TileStore, tiles: Sequence[TileP
     overlap_pixels = sum(_area(intersect(kept[a].box, kept[b].box)) for a, b in pairs)
     by_blocks = blocks is not None and not two_pass and 12 * overlap_pixels <= diff_bytes
 
-    def one(pair: tuple[int, int]) -> list[float]:
+    def measure(pair: tuple[int, int], be: Backend) -> list[float]:
         a, b = pair
-        return pair_offset(backend, store, kept[a], kept[b], grid, two_pass=two_pass, step=step,
+        return pair_offset(be, store, kept[a], kept[b], grid, two_pass=two_pass, step=step,
                            strip_pixels=strip_pixels)
+
+    def one(pair: tuple[int, int]) -> list[float]:
+        return run_on("background", pair, measure) if run_on is not None else measure(pair, backend)
 
     if n >= 2 and by_blocks:
         results = block_pair_offsets(backend, store, tiles, grid, [(kept[a], kept[b]) for a, b in pairs],
-                                     blocks, step=step, workers=workers, cache=cache, progress=progress)
+                                     blocks, step=step, workers=workers, cache=cache, progress=progress,
+                                     run_on=run_on)
         for (a, b), offsets in zip(pairs, results):
             for c in range(3):
                 matrices[c, a, b] = offsets[c]

@@ -30,7 +30,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..backend import Backend
+from ..backend import CPU_CHUNK_PIXELS, Backend
 from ..store.tiles import TileStore
 from .grid import Box, intersect
 from .mapping import DEFAULT_CONTROL_STEP, OutputGrid, map_region
@@ -39,7 +39,7 @@ from .prep import TilePlan, prepare_region, union_mask
 from .resample import (Stencil, apply_stencil, apply_stencil_binary, bilinear_stencil, nearest_index,
                        pack_planes, region_bounds)
 
-CHUNK_PIXELS = 1 << 15   # output pixels sampled at once (temporaries of ≤ 1 MiB, in cache)
+CHUNK_PIXELS = CPU_CHUNK_PIXELS   # default output pixels sampled at once (a backend sets its own)
 SAMPLE_DTYPE = "float32"  # interpolation arithmetic of d_t and ω′_t (see the module docstring)
 
 
@@ -71,9 +71,12 @@ class TileView:
     packed: Any
     union: Any
     tau: float
+    chunk_pixels: int = CHUNK_PIXELS
 
-    def chunks(self, chunk_pixels: int = CHUNK_PIXELS) -> Iterator[tuple[slice, Stencil]]:
-        """(box-relative row slice, stencil of those rows) in chunks of about ``chunk_pixels``."""
+    def chunks(self, chunk_pixels: int | None = None) -> Iterator[tuple[slice, Stencil]]:
+        """(box-relative row slice, stencil of those rows) in chunks of about ``chunk_pixels``
+        (default: the backend's :attr:`~zemosaic_ooc.backend.Backend.chunk_pixels`)."""
+        chunk_pixels = self.chunk_pixels if chunk_pixels is None else chunk_pixels
         height, width = self.uu.shape
         rows = max(1, chunk_pixels // max(1, width))
         for r0 in range(0, height, rows):
@@ -115,9 +118,7 @@ def open_view(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputGr
     ``binary_weights`` ω = (m > 0)·τ (pass 2).
     """
     xp = backend.xp
-    uu, vv = map_region(geometry(tile), grid, box, step=step)
-    uu = backend.asarray(uu)
-    vv = backend.asarray(vv)
+    uu, vv = map_region(geometry(tile), grid, box, step=step, backend=backend)
     bounds = region_bounds(uu, vv, tile.cropped_hw, xp)
     if bounds is None:
         return None
@@ -140,7 +141,8 @@ def open_view(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputGr
         packed = packed.reshape(-1, 4)
     if want_union:
         union = pack_planes(xp, union_mask(backend, raw_data, raw_alpha, tile)[None])
-    return TileView(xp, tile, box, uu, vv, (r0, c0), (r1 - r0, c1 - c0), packed, union, float(tile.tau))
+    return TileView(xp, tile, box, uu, vv, (r0, c0), (r1 - r0, c1 - c0), packed, union, float(tile.tau),
+                    chunk_pixels=int(backend.chunk_pixels))
 
 
 @dataclass
@@ -183,6 +185,7 @@ class BlockSamples:
     box: Box
     tiles: list[TileSamples]
     union: Any
+    xp: Any = np          # the array module holding the samples (numpy or cupy)
 
     @property
     def nbytes(self) -> int:
@@ -239,7 +242,7 @@ def sample_block(backend: Backend, store: TileStore, tiles: Sequence[TilePlan], 
                 xp.maximum(target, vals, out=target)
         if data_box is not None:
             sampled.append(TileSamples(tile, data_box, data, weight))
-    return BlockSamples(block, sampled, union)
+    return BlockSamples(block, sampled, union, xp)
 
 
 def coadd_block(backend: Backend, store: TileStore, tiles: Sequence[TilePlan], grid: OutputGrid,
@@ -249,12 +252,13 @@ def coadd_block(backend: Backend, store: TileStore, tiles: Sequence[TilePlan], g
     """§4.5 + §5.1–§5.3 on one block: Σ f·(d − k) / Σ f per channel, coverage, alpha union.
 
     ``samples`` (from :func:`sample_block` with the same arguments) are used instead of
-    resampling.  The block is finished in row chunks of about :data:`CHUNK_PIXELS`: each
+    resampling (when they live on this backend).  The block is finished in row chunks of
+    about ``backend.chunk_pixels``: each
     chunk accumulates its tiles in input order in float64 and is divided and cast to
     float32 at once.
     """
     xp = backend.xp
-    if samples is None:
+    if samples is None or samples.xp is not xp:
         samples = sample_block(backend, store, tiles, grid, block, with_union=with_union,
                                two_pass=two_pass, step=step)
     y0, y1, x0, x1 = block
@@ -265,7 +269,7 @@ def coadd_block(backend: Backend, store: TileStore, tiles: Sequence[TilePlan], g
         offsets.append((k, bool(xp.isfinite(k).all())))
     mosaic = xp.zeros((h, w, 3), dtype=xp.float32)
     coverage = xp.zeros((h, w), dtype=xp.float32)
-    rows_per_chunk = max(1, CHUNK_PIXELS // max(1, w))
+    rows_per_chunk = max(1, int(backend.chunk_pixels) // max(1, w))
     for c0 in range(0, h, rows_per_chunk):
         c1 = min(h, c0 + rows_per_chunk)
         g0, g1 = y0 + c0, y0 + c1
@@ -314,8 +318,7 @@ def tile_strips(backend: Backend, store: TileStore, tile: TilePlan, grid: Output
     rows_per_strip = max(1, strip_pixels // max(1, x1 - x0))
     for sy0 in range(y0, y1, rows_per_strip):
         strip = (sy0, min(y1, sy0 + rows_per_strip), x0, x1)
-        uu, vv = map_region(geom, grid, strip, step=step)
-        uu, vv = backend.asarray(uu), backend.asarray(vv)
+        uu, vv = map_region(geom, grid, strip, step=step, backend=backend)
         bounds = region_bounds(uu, vv, tile.cropped_hw, xp)
         if bounds is None:
             continue

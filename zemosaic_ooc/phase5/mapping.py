@@ -168,56 +168,60 @@ def lagrange_matrix(n_pixels: int, step: int) -> tuple[np.ndarray, int]:
     return matrix, n_nodes
 
 
-def _expand_rows(nodes: np.ndarray, height: int, step: int) -> np.ndarray:
+def _expand_rows(nodes: Any, height: int, step: int, xp: Any = np) -> Any:
     """``W @ nodes`` for W = lagrange_matrix(height, step)[0], using its 4 taps per row.
 
     ``nodes`` is (n_nodes, m); every row cell of ``step`` pixels reads the same 4
     nodes, so the product is 4 broadcast multiply-adds on (n_cells, step, m) (no BLAS:
-    its threads would compete with the block workers).
+    its threads would compete with the block workers).  ``xp``: numpy or cupy.
     """
     n_cells = nodes.shape[0] - 3
-    taps = lagrange_taps(np.arange(step), step)[:, :, None]   # (4, step, 1), the same in every cell
-    out = np.empty((n_cells, step, nodes.shape[1]), dtype=np.float64)
-    np.multiply(nodes[0:n_cells, None, :], taps[0], out=out)
+    taps = xp.asarray(lagrange_taps(np.arange(step), step)[:, :, None])   # (4, step, 1), every cell
+    out = xp.empty((n_cells, step, nodes.shape[1]), dtype=xp.float64)
+    xp.multiply(nodes[0:n_cells, None, :], taps[0], out=out)
     for k in range(1, 4):
         out += nodes[k:k + n_cells, None, :] * taps[k]
     return out.reshape(n_cells * step, nodes.shape[1])[:height]
 
 
-def _expand_columns(rows: np.ndarray, width: int, step: int) -> np.ndarray:
+def _expand_columns(rows: Any, width: int, step: int, xp: Any = np) -> Any:
     """``rows @ W.T`` for W = lagrange_matrix(width, step)[0]: as :func:`_expand_rows` along axis 1.
 
     Written along the last axis so the (h, width) result is C-contiguous.
     """
     height = rows.shape[0]
     n_cells = rows.shape[1] - 3
-    taps = lagrange_taps(np.arange(step), step)          # (4, step), the same in every cell
-    out = np.empty((height, n_cells, step), dtype=np.float64)
-    term = np.empty_like(out)
-    np.multiply(rows[:, 0:n_cells, None], taps[0], out=out)
+    taps = xp.asarray(lagrange_taps(np.arange(step), step))          # (4, step), every cell
+    out = xp.empty((height, n_cells, step), dtype=xp.float64)
+    term = xp.empty_like(out)
+    xp.multiply(rows[:, 0:n_cells, None], taps[0], out=out)
     for k in range(1, 4):
-        out += np.multiply(rows[:, k:k + n_cells, None], taps[k], out=term)
+        out += xp.multiply(rows[:, k:k + n_cells, None], taps[k], out=term)
     return out.reshape(height, n_cells * step)[:, :width]
 
 
-def _interpolate_nodes(nodes: np.ndarray, height: int, width: int, step: int) -> np.ndarray:
+def _interpolate_nodes(nodes: Any, height: int, width: int, step: int, xp: Any = np) -> Any:
     """The (height, width) field of the separable Lagrange interpolation of a node grid."""
-    return _expand_columns(_expand_rows(nodes, height, step), width, step)
+    return _expand_columns(_expand_rows(nodes, height, step, xp), width, step, xp)
 
 
 def map_region(geom: TileGeometry, out_wcs: Any, box: tuple[int, int, int, int],
-               step: int = DEFAULT_CONTROL_STEP) -> tuple[np.ndarray, np.ndarray]:
+               step: int = DEFAULT_CONTROL_STEP, backend: Any = None) -> tuple[Any, Any]:
     """Cropped-tile coordinates (u, v) of every Ω pixel of ``box`` = (y0, y1, x0, x1).
 
     Returns two float64 (h, w) arrays, NaN where the round trip fails.  With
-    ``step <= 1`` every pixel is mapped exactly.
+    ``step <= 1`` every pixel is mapped exactly.  The WCS transforms of the control
+    nodes run on the host (astropy); with a ``backend`` the nodes are expanded to every
+    pixel on that backend (on a GPU only the node grid crosses the bus, not the maps).
     """
     y0, y1, x0, x1 = box
     height, width = y1 - y0, x1 - x0
+    xp = np if backend is None else backend.xp
     if step <= 1 or height * width <= 4 * step * step:
         ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
         uu, vv = output_to_tile(geom, out_wcs, xs.ravel(), ys.ravel())
-        return uu.reshape(height, width), vv.reshape(height, width)
+        uu, vv = uu.reshape(height, width), vv.reshape(height, width)
+        return (uu, vv) if backend is None else (backend.asarray(uu), backend.asarray(vv))
     wy, ny = lagrange_matrix(height, step)
     wx, nx = lagrange_matrix(width, step)
     node_y = y0 + (np.arange(ny) - 1.0) * step
@@ -230,14 +234,18 @@ def map_region(geom: TileGeometry, out_wcs: Any, box: tuple[int, int, int, int],
     if bad_nodes.any():
         nu = np.where(bad_nodes, 0.0, nu)
         nv = np.where(bad_nodes, 0.0, nv)
-    uu = _interpolate_nodes(nu, height, width, step)
-    vv = _interpolate_nodes(nv, height, width, step)
+    if backend is not None:
+        nu, nv = backend.asarray(nu), backend.asarray(nv)
+    uu = _interpolate_nodes(nu, height, width, step, xp)
+    vv = _interpolate_nodes(nv, height, width, step, xp)
     if bad_nodes.any():
         touched = ((wy != 0).astype(np.float64) @ bad_nodes.astype(np.float64)
                    @ (wx != 0).astype(np.float64).T) > 0
         rows, cols = np.nonzero(touched)
         eu, ev = output_to_tile(geom, out_wcs, (cols + x0).astype(np.float64),
                                 (rows + y0).astype(np.float64))
+        if backend is not None:
+            rows, cols, eu, ev = (backend.asarray(a) for a in (rows, cols, eu, ev))
         uu[rows, cols] = eu
         vv[rows, cols] = ev
     return uu, vv

@@ -363,10 +363,10 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     progress = progress or NullProgress()
     if device is None:
         chosen = select_backend(str(getattr(opts, "gpu", "auto")),
-                                host_budget_bytes=int(opts.memory_budget))
+                                host_budget_bytes=int(opts.memory_budget),
+                                gpu_budget_bytes=getattr(opts, "gpu_memory_budget", None))
         if chosen.is_device:  # pragma: no cover - needs a GPU
-            # The CuPy path has not been validated on a GPU yet (issue 4): compute on the CPU.
-            log.warning("a GPU is available but the CuPy path is not validated yet; running on CPU")
+            device = chosen
     if backend is None:
         backend = numpy_backend(int(opts.memory_budget))
     kwargs_workers = workers
@@ -539,7 +539,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         offsets, _ = background_offsets(
             backend, tile_store, tiles, out_grid, strip_pixels=strip, workers=workers,
             blocks=list(iter_blocks(shape_hw, block)), cache=samples_cache,
-            diff_bytes=int(opts.memory_budget) // MEMORY_SHARE,
+            diff_bytes=int(opts.memory_budget) // MEMORY_SHARE, run_on=guard.call,
             progress=lambda k, n: (progress.advance("background", 0), rss.sample()))
         progress.finish("background")
         for tile, row in zip(tiles, offsets):
@@ -563,8 +563,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
 
     def pass1_task(box: Box, be: Backend) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
         samples = samples_cache.pop(box) if samples_cache is not None else None
-        result = coadd_block(be, tile_store, tiles, out_grid, box,
-                             samples=samples if be.xp is backend.xp else None)
+        result = coadd_block(be, tile_store, tiles, out_grid, box, samples=samples)
         y0, y1, x0, x1 = box
         p1[y0:y1, x0:x1, :] = result.mosaic
         p1_cov[y0:y1, x0:x1] = result.coverage
@@ -766,9 +765,11 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         gains = []
         progress.start("two-pass gains", len(tiles), unit="tile")
         for tile in tiles:
-            gamma, _, _ = tile_gain(backend, tile_store, tile, out_grid, read_maps,
-                                    opts.two_pass_cov_gain_clip,
-                                    strip_pixels=strip_pixels(int(opts.memory_budget)))
+            gamma, _, _ = runner.guard.call(
+                "two-pass gains", tile.index,
+                lambda _, be, tile=tile: tile_gain(be, tile_store, tile, out_grid, read_maps,
+                                                   opts.two_pass_cov_gain_clip,
+                                                   strip_pixels=strip_pixels(int(opts.memory_budget))))
             rss.sample()
             tile.two_pass_gain = gamma
             gains.append(gamma)
@@ -776,7 +777,8 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         progress.finish("two-pass gains")
         strip = strip_pixels(int(opts.memory_budget))
         offsets, _ = background_offsets(backend, tile_store, tiles, out_grid, two_pass=True,
-                                        strip_pixels=strip, workers=runner.workers)
+                                        strip_pixels=strip, workers=runner.workers,
+                                        run_on=runner.guard.call)
         for tile, row in zip(tiles, offsets):
             tile.bg_offsets_pass2 = [float(v) for v in row]
 

@@ -132,14 +132,14 @@ def prepare_region(backend: Backend, raw_data: Any, raw_alpha: Any | None, tile:
     if tile.has_alpha and raw_alpha is not None:
         alpha = normalized_alpha(backend, raw_alpha, tile)
         weight = soft_weight(backend, alpha, tile)
-        data[:, ~(weight > 0)] = 0.0
+        data = xp.where((weight > 0)[None], data, xp.float32(0.0))   # data[:, ~(w > 0)] = 0
         mask = weight
         base_weight = weight
     else:
         mask = xp.any(xp.isfinite(data), axis=0).astype(xp.float32)
         base_weight = xp.clip(xp.nan_to_num(mask), 0.0, 1.0)
     if tile.nan_threshold is not None:
-        data[:, ~(mask > tile.nan_threshold)] = xp.nan
+        data = xp.where((mask > tile.nan_threshold)[None], data, xp.float32(xp.nan))
     if apply_gain_offset and tile.gain_rgb is not None:
         # corrected photometry (phase5/corrected.py): one gain and offset per channel
         data *= backend.asarray(np.asarray(tile.gain_rgb, dtype=np.float32))[:, None, None]

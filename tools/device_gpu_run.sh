@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One full GPU check on a lent device machine (issue 4), in one call:
+#   the gpu-marked tests, then tools/gpu_check.py (parity, forced OOM replays, speed, anchor).
+#
+# Prepared here (see tools/BENCHMARKS.md §GPU): wheels of the packages the device image lacks
+# in .whl/ (cp312, manylinux), the fixtures' master tiles + ref.json in device_fixtures/;
+# both git-ignored and named in the device tool's `carry`.  Logs and JSON go to $OUT.
+set -u
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 3
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
+python3 - <<'EOF' 2>&1 | tee -a "$OUT/gpu.txt"
+import os, cupy, numpy, zarr, astropy
+print("cupy", cupy.__version__, "numpy", numpy.__version__, "zarr", zarr.__version__,
+      "astropy", astropy.__version__, "cores", os.cpu_count())
+print("device ok:", int(cupy.arange(10).sum()))
+EOF
+export ZEMOSAIC_OOC_FIXTURES=$PWD/device_fixtures
+timeout "${PYTEST_TIMEOUT:-200}" python3 -m pytest -q -o addopts="" -m gpu -p no:cacheprovider \
+  tests/test_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log"
+echo "pytest rc ${PIPESTATUS[0]}"
+timeout "${CHECK_TIMEOUT:-330}" python3 tools/gpu_check.py --fixtures device_fixtures \
+  --synthetic "${SYNTHETIC:-4x4}" --tile-size "${TILE_SIZE:-2048}" --anchor "${ANCHOR:-2x2x1024}" \
+  --json "$OUT/gpu_check.json" 2>&1 | tee "$OUT/gpu_check.log"
+echo "gpu_check rc ${PIPESTATUS[0]}"
