@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -29,7 +30,8 @@ CPU_CHUNK_PIXELS = 1 << 15
 GPU_CHUNK_PIXELS = 1 << 22
 #: default VRAM budget: this fraction of the device's free memory at start
 GPU_FREE_FRACTION = 0.6
-_COUNT_LOCK = threading.Lock()   # guards the transfer counters (module level: a Backend pickles)
+_COUNT_LOCK = threading.Lock()
+_THREAD_STREAMS = threading.local()   # one CUDA stream per worker thread   # guards the transfer counters (module level: a Backend pickles)
 
 
 class GpuUnavailableError(ZeMosaicOocError):
@@ -90,13 +92,17 @@ class Backend:
 
     @contextlib.contextmanager
     def task_stream(self) -> Iterator[None]:
-        """Run a block task on its own stream (cupy: a non-blocking stream per task, so the
-        copies and kernels of concurrent worker threads overlap; numpy: nothing).
-        The stream is synchronized before the task's results are used."""
-        if self.on_host:
+        """Run a block task on its worker thread's own stream (cupy: one non-blocking stream
+        per thread, kept for the thread's life so the memory pool reuses its blocks, while
+        the copies and kernels of concurrent workers overlap; numpy: nothing).  The stream
+        is synchronized before the task's results are used.  ``ZEMOSAIC_OOC_GPU_STREAMS=none``
+        keeps every task on the default stream."""
+        if self.on_host or os.environ.get("ZEMOSAIC_OOC_GPU_STREAMS", "thread") == "none":
             yield
             return
-        stream = self.xp.cuda.Stream(non_blocking=True)  # pragma: no cover - device only
+        stream = getattr(_THREAD_STREAMS, "stream", None)  # pragma: no cover - device only
+        if stream is None:  # pragma: no cover - device only
+            stream = _THREAD_STREAMS.stream = self.xp.cuda.Stream(non_blocking=True)
         with stream:  # pragma: no cover - device only
             yield
             stream.synchronize()
