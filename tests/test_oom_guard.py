@@ -98,3 +98,33 @@ def test_a_non_oom_device_error_disables_the_gpu_at_once(tiles, reference_run, t
     assert "device error" in summary.device["disabled_reason"]
     assert summary.device["oom_strikes"] == 0 and summary.device["replays"] == 1
     assert_same_mosaic(read_store_window(out), reference_run)
+
+
+def test_the_first_device_task_of_a_stage_runs_alone_then_tasks_overlap():
+    """Kernels compile on a stage's first device task; the guard lets it finish alone."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from zemosaic_ooc.backend import numpy_backend
+    from zemosaic_ooc.fallback.guard import OomGuard
+
+    guard = OomGuard(numpy_as_device_backend(), numpy_backend())
+    lock = threading.Lock()
+    running, peak, log = [0], [0], []
+
+    def task(box, backend):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            log.append(("start", box, running[0]))
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return box
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda k: guard.run("pass1", k, task)[0], range(12)))
+    assert results == list(range(12))
+    assert log[0][2] == 1 and log[1][2] == 1      # the second task began after the first ended
+    assert peak[0] > 1                            # later tasks ran side by side
