@@ -152,11 +152,38 @@ def cupy_available() -> bool:
         return False
 
 
+_COMPILE_LOCK = threading.RLock()
+
+
+def _serialize_kernel_compiles(cupy: Any) -> None:  # pragma: no cover - device only
+    """Make CuPy compile (or load from its disk cache) one kernel at a time in this process.
+
+    On a cold machine every worker thread that meets a kernel not yet in CuPy's in-memory
+    cache compiles it with NVRTC; seen on an H200: 8 threads compiling the same kernel
+    together, a 3×3 run's background stage taking 30 s instead of about 2.  Serialized, the
+    first thread compiles and the others then find it in the disk cache.  CuPy's compiler
+    module is plain Python; if its helper is renamed in a later CuPy this does nothing.
+    """
+    compiler = getattr(getattr(cupy, "cuda", None), "compiler", None)
+    for name in ("_compile_module_with_cache", "compile_with_cache"):
+        original = getattr(compiler, name, None)
+        if original is None or getattr(original, "_zemosaic_serialized", False):
+            continue
+
+        def serialized(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            with _COMPILE_LOCK:
+                return _original(*args, **kwargs)
+
+        serialized._zemosaic_serialized = True  # type: ignore[attr-defined]
+        setattr(compiler, name, serialized)
+
+
 def cupy_backend(budget_bytes: int | None = None) -> Backend:  # pragma: no cover - device only
     """The GPU backend (cupy + cupyx.scipy.ndimage)."""
     import cupy
     import cupyx.scipy.ndimage as cndimage
 
+    _serialize_kernel_compiles(cupy)
     free, total = cupy.cuda.Device().mem_info
     if budget_bytes is None:
         budget_bytes = int(free * GPU_FREE_FRACTION)

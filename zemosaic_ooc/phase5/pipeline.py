@@ -113,8 +113,10 @@ class RunSummary:
             lines.append(f"  preview     {self.preview_path}")
         dev = self.device
         if dev.get("device"):
-            lines.append(f"  device      {dev['device']}: {dev.get('replays', 0)} block(s) replayed on CPU, "
-                         f"{dev.get('oom_strikes', 0)} OOM(s)"
+            name = f"{dev['device']} ({dev['device_name']})" if dev.get("device_name") else dev["device"]
+            moved = (dev.get("bytes_to_device", 0) + dev.get("bytes_to_host", 0)) / 1e9
+            lines.append(f"  device      {name}: {dev.get('replays', 0)} block(s) replayed on CPU, "
+                         f"{dev.get('oom_strikes', 0)} OOM(s), {moved:.2f} GB moved host<->device"
                          + (f"; disabled: {dev['disabled_reason']}" if dev.get("disabled_reason") else ""))
         tp = self.two_pass
         if tp.get("ran"):
@@ -424,7 +426,8 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         progress.start("ingest", len(tile_paths), unit="tile")
         try:
             tile_store = ingest_tiles(list(tile_paths), staging, skip_bad=bool(opts.skip_bad_tiles),
-                                      cache=tile_cache,
+                                      cache=tile_cache, workers=workers,
+                                      memory_budget=int(opts.memory_budget),
                                       progress=lambda k, n, p: (progress.advance("ingest"), rss.sample(),
                                                                 _kill_point("ingest", k)))
         except BaseException:

@@ -70,6 +70,8 @@ def nan_threshold(backend: Backend, store: TileStore, tile: TilePlan, *,
                                         apply_gain_offset=False, want_weight=False)
             if mask.size:
                 maximum = max(maximum, float(backend.xp.max(mask)))
+            if maximum > 0.5:
+                break                 # θ is decided: later strips cannot change it
     finally:
         tile.nan_threshold = saved
     return 0.5 if maximum > 0.5 else 0.0

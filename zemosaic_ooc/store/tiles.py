@@ -29,6 +29,7 @@ from zarr.codecs import Crc32cCodec
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
+from ..concurrency import ordered_map
 from ..errors import InputError, StoreError
 
 log = logging.getLogger(__name__)
@@ -527,17 +528,42 @@ class TileStore:
         return arr[rows, cols] if whole is None else whole[rows, cols]
 
 
+def _inspect_tile(path: Path) -> tuple[np.ndarray, np.ndarray | None, fits.Header, int, WCS, str, Any]:
+    """The checks of one tile on its own (no cross-tile rule): arrays, header, WCS, checksum, footprint."""
+    chw, alpha, header, n_in = read_tile_fits(path)
+    wcs = validate_wcs(header, path)
+    if not np.any(np.isfinite(chw)):
+        raise InputError(path, "every pixel is NaN or infinite (empty tile)")
+    if _alpha_all_zero(alpha, chw.shape[1:]):
+        raise InputError(path, "ALPHA is zero everywhere: the tile contributes nothing "
+                               "(empty tile)")
+    return chw, alpha, header, n_in, wcs, _file_checksum(path), sky_footprint(wcs, chw.shape[1:])
+
+
+def _prefetch(paths: Sequence[Path], workers: int, memory_budget: int | None) -> int:
+    """Tiles read at once: ``workers``, fewer when that many tiles would pass a quarter of the budget."""
+    if workers <= 1 or not paths:
+        return 1
+    if memory_budget is None:
+        return int(workers)
+    largest = max((p.stat().st_size for p in paths if p.is_file()), default=1)
+    return int(max(1, min(workers, (memory_budget // 4) // max(1, 2 * largest))))
+
+
 def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
                  skip_bad: bool = False,
                  progress: Callable[[int, int, str], None] | None = None,
-                 chunk: int = TILE_CHUNK, cache: TileCache | None = None) -> TileStore:
+                 chunk: int = TILE_CHUNK, cache: TileCache | None = None,
+                 workers: int = 1, memory_budget: int | None = None) -> TileStore:
     """Validate and copy master tiles into a TileStore at ``store_path``.
 
     Every tile is validated before anything is written, so a bad tile never
     leaves a half-made store.  With ``skip_bad`` a bad tile is skipped with a
     warning (ZeMosaic's behaviour, §0.3); otherwise the first bad tile raises
     :class:`InputError`.  The arrays written also go into ``cache`` (where they fit),
-    keyed by their index in the store.
+    keyed by their index in the store.  Tiles are read and checked, then written, on
+    ``workers`` threads, a few at a time (within a quarter of ``memory_budget``); the
+    checks and their messages come in input order, as with one thread.
     """
     if not paths:
         raise InputError(None, "no input tiles were given")
@@ -550,16 +576,14 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
     skipped: list[str] = []
     kept: dict[Path, tuple[np.ndarray, np.ndarray | None, int]] = {}   # validated arrays the cache can hold
     kept_bytes = 0
-    for path in map(Path, paths):
+    path_list = [Path(p) for p in paths]
+    prefetch = _prefetch(path_list, workers, memory_budget)
+    for path, inspected in ordered_map(_inspect_tile, path_list, prefetch):
         try:
-            chw, alpha, header, n_in = read_tile_fits(path)
-            wcs = validate_wcs(header, path)
-            if not np.any(np.isfinite(chw)):
-                raise InputError(path, "every pixel is NaN or infinite (empty tile)")
-            if _alpha_all_zero(alpha, chw.shape[1:]):
-                raise InputError(path, "ALPHA is zero everywhere: the tile contributes nothing "
-                                       "(empty tile)")
-            checksum = _file_checksum(path)
+            if isinstance(inspected, BaseException):
+                raise inspected
+            chw, alpha, header, n_in, wcs, checksum, footprint = inspected
+            del inspected
             if checksum in seen_checksums:
                 raise InputError(path, f"duplicate tile: same content as {seen_checksums[checksum]}")
             channel_counts.setdefault(n_in, path)
@@ -570,7 +594,7 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
                                        "channel count")
             seen_checksums[checksum] = path
             validated.append((path, header, wcs, checksum))
-            footprints.append(sky_footprint(wcs, chw.shape[1:]))
+            footprints.append(footprint)
             size = chw.nbytes + (0 if alpha is None else alpha.nbytes)
             if cache is not None and kept_bytes + size <= cache.capacity:
                 kept[path] = (chw, alpha, n_in)  # written below without reading the file again
@@ -596,8 +620,11 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
         raise InputError(None, "no usable input tile (all were skipped: " + "; ".join(skipped) + ")")
 
     group = zarr.open_group(str(store_path), mode="w")
+    group.require_group("tiles")
     records: list[TileRecord] = []
-    for index, (path, header, wcs, checksum) in enumerate(validated):
+
+    def write_tile(item: tuple[int, tuple[Path, fits.Header, WCS, str]]) -> TileRecord:
+        index, (path, header, wcs, checksum) = item
         if path in kept:
             chw, alpha, n_in = kept.pop(path)
         else:
@@ -648,14 +675,19 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
         for text in frame_count_warnings(header):
             warn.append(text)
             log.warning("%s: %s", path, text)
-        records.append(TileRecord(
+        return TileRecord(
             index=index, source=str(path.resolve()), tile_id=tile_identifier(header, index),
             shape_hw=(int(height), int(width)), header=header.tostring(),
             n_channels_in=n_in, has_alpha=has_alpha,
             alpha_dtype=str(alpha.dtype) if has_alpha else None,
             alpha_max=alpha_max, alpha_usable=alpha_usable,
             nframes_raw=frame_count(header), empty_flag=bool(header.get("ZMT_EMPT", False)),
-            checksum=checksum, bytes=int(chw.nbytes), warnings=warn))
+            checksum=checksum, bytes=int(chw.nbytes), warnings=warn)
+
+    for (index, (path, *_)), record in ordered_map(write_tile, list(enumerate(validated)), prefetch):
+        if isinstance(record, BaseException):
+            raise record
+        records.append(record)
         if progress is not None:
             progress(index + 1, len(validated), str(path))
     group.attrs["tiles"] = [r.to_json() for r in records]
