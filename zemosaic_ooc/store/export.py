@@ -21,6 +21,7 @@ chunks zarr decodes for it, whatever the mosaic's width and height.  The file is
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -50,6 +51,18 @@ __all__ = ["export_fits", "write_preview_png", "store_window", "window_wcs_heade
 # --------------------------------------------------------------------------------------
 # store helpers
 # --------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _written_atomically(final: Path) -> Iterator[Path]:
+    """Yield ``<final>.partial`` to write; it replaces ``final`` on success, is removed on failure."""
+    partial = Path(str(final) + ".partial")
+    try:
+        yield partial
+        os.replace(partial, final)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
 
 def _open(store_path: str | Path):
     return zarr.open_group(str(store_path), mode="r")
@@ -240,9 +253,8 @@ def export_fits(mosaic_store_path: str | Path, fits_path: str | Path, *, slab_ro
         hdus.append((_image_header("image", 8, (w, h), name="ALPHA", extra=a_extra),
                      "alpha", np.dtype("u1"), h * w))
 
-    partial = Path(str(fits_path) + ".partial")
     fits_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with _written_atomically(fits_path) as partial:
         offsets: dict[str, int] = {}
         with open(partial, "w+b", buffering=0) as f:
             # 1. layout: headers written by astropy, data areas left as holes (read as zeros)
@@ -285,13 +297,6 @@ def export_fits(mosaic_store_path: str | Path, fits_path: str | Path, *, slab_ro
             for (hdr, what, _dt, _n), hdu in zip(hdus, hl):
                 if hdu.fileinfo()["datLoc"] != offsets[what]:
                     raise RuntimeError(f"FITS layout mismatch for {what}")
-        os.replace(partial, fits_path)
-    except BaseException:
-        try:
-            partial.unlink()
-        except FileNotFoundError:
-            pass
-        raise
     return fits_path
 
 
@@ -388,14 +393,6 @@ def write_preview_png(mosaic_store_path: str | Path, png_path: str | Path, *,
     del rgb
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(str(png_path) + ".partial")
-    try:
+    with _written_atomically(Path(png_path)) as partial:
         Image.fromarray(img8).save(partial, format="PNG")
-        os.replace(partial, png_path)
-    except BaseException:
-        try:
-            partial.unlink()
-        except FileNotFoundError:
-            pass
-        raise
     return int(img8.shape[1]), int(img8.shape[0])
