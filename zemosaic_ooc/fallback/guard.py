@@ -47,6 +47,9 @@ class OomGuard:
     replays_by_stage: dict[str, int] = field(default_factory=dict)
     _warm: set = field(default_factory=set)
     _gates: dict = field(default_factory=dict)
+    device_slots: int | None = None       # device tasks at once (None: as many as workers)
+    device_plan: dict = field(default_factory=dict)
+    _slots: threading.BoundedSemaphore | None = None
     _warned: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -60,7 +63,7 @@ class OomGuard:
             return task(box, self.host), BlockOutcome(self.host.name, False)
         device = self.device
         try:
-            with self._first_of_stage(stage):
+            with self._device_slot(), self._first_of_stage(stage):
                 if self.inject is not None:
                     self.inject(stage, box, device)
                 with device.task_stream():
@@ -82,6 +85,22 @@ class OomGuard:
             self.replays += 1
             self.replays_by_stage[stage] = self.replays_by_stage.get(stage, 0) + 1
         return result, BlockOutcome(self.host.name, True, failure)
+
+    def limit_device_tasks(self, slots: int, **plan: Any) -> None:
+        """Let at most ``slots`` block tasks hold the device at once (the VRAM budget's share;
+        see :mod:`zemosaic_ooc.device_budget`); other workers wait for a slot.  ``plan``
+        (the estimate behind it) goes into :meth:`summary`."""
+        self.device_slots = max(1, int(slots))
+        self.device_plan = dict(plan)
+        self._slots = threading.BoundedSemaphore(self.device_slots)
+
+    @contextlib.contextmanager
+    def _device_slot(self) -> Iterator[None]:
+        if self._slots is None:
+            yield
+            return
+        with self._slots:
+            yield
 
     @contextlib.contextmanager
     def _first_of_stage(self, stage: str) -> Iterator[None]:
@@ -122,7 +141,8 @@ class OomGuard:
         out: dict[str, Any] = {"device": None if self.device is None else self.device.name,
                                "oom_strikes": self.strikes, "replays": self.replays,
                                "replays_by_stage": dict(self.replays_by_stage),
-                               "disabled_reason": self.disabled_reason}
+                               "disabled_reason": self.disabled_reason,
+                               "device_slots": self.device_slots, **self.device_plan}
         if self.device is not None:
             out.update(self.device.transfer_summary())
             if self.device.extra.get("device_name"):

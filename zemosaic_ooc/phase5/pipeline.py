@@ -22,6 +22,7 @@ import numpy as np
 import psutil
 
 from ..backend import Backend, numpy_backend, select_backend
+from ..device_budget import device_slots, max_block_side, task_bytes, tiles_per_block
 from ..memory import MemoryShelf, release_memory, strip_pixels
 from ..errors import InputError, StoreError
 from ..options import Phase5Options
@@ -142,12 +143,14 @@ class _PeakRss:
         return self.peak
 
 
-def choose_block_size(opts: Phase5Options, workers: int, shape_hw: tuple[int, int] | None = None) -> int:
+def choose_block_size(opts: Phase5Options, workers: int, shape_hw: tuple[int, int] | None = None,
+                      device_budget: int | None = None) -> int:
     """Blocks equal the output chunks: from ``--block-size`` or the memory budget.
 
     With the grid shape, the budget's side is lowered to split the grid into blocks of
     even size (a multiple of 16): edge chunks are stored whole, so a 2176 px block on a
-    2467 px grid would write 3× the mosaic, and uneven blocks leave workers idle.
+    2467 px grid would write 3× the mosaic, and uneven blocks leave workers idle.  With a
+    device, a block must also fit its VRAM budget (:func:`~..device_budget.max_block_side`).
     """
     if opts.block_size:
         return int(opts.block_size)
@@ -155,6 +158,8 @@ def choose_block_size(opts: Phase5Options, workers: int, shape_hw: tuple[int, in
     pixels = budget / (max(1, workers) * BYTES_PER_BLOCK_PIXEL * 2)
     side = int(math.sqrt(max(pixels, 1)))
     side = max(128, min(4096, (side // 128) * 128))
+    if device_budget is not None:
+        side = min(side, max_block_side(int(device_budget)))
     if shape_hw is not None:
         even = max(math.ceil(n / math.ceil(n / side)) for n in shape_hw)
         side = max(128, min(side, math.ceil(even / 16) * 16))
@@ -463,7 +468,8 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
                 raise InputError(opts.grid, f"cannot use as output grid ({exc})") from exc
         else:
             out_wcs, shape_hw = compute_output_grid([geometry(t) for t in tiles])
-        block = choose_block_size(opts, workers, shape_hw)
+        block = choose_block_size(opts, workers, shape_hw,
+                                  device_budget=None if device is None else device.budget_bytes)
         store.attrs_update(shape_hw=list(shape_hw), block=int(block))
         os.replace(staging, output / "tiles")
         tile_store = TileStore.open(output / "tiles", tile_cache)
@@ -493,6 +499,14 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
                    shape_hw=list(shape_hw), block=block)
     stages.append(("plan", time.perf_counter() - t0))
     rss.sample()
+
+    if device is not None:
+        # VRAM budget: how many block tasks the device holds at once
+        most_tiles = tiles_per_block([t.box for t in tiles], list(iter_blocks(shape_hw, block)))
+        guard.limit_device_tasks(device_slots(device.budget_bytes, block * block, most_tiles, workers),
+                                 task_bytes=task_bytes(block * block, most_tiles), tiles_per_block=most_tiles)
+        log.info("device %s: budget %.2f GiB, blocks of %d px reached by up to %d tiles: %d task(s) at once",
+                 device.name, device.budget_bytes / 2**30, block, most_tiles, guard.device_slots)
 
     # ---- inter-tile calibration (§3)
     t0 = time.perf_counter()

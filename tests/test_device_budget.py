@@ -1,0 +1,80 @@
+"""VRAM budgeting without a GPU (numpy standing in for the device): block size and the
+number of block tasks that hold the device at once follow the device budget, and the
+mosaic is the CPU's."""
+from __future__ import annotations
+
+import threading
+import time
+
+from zemosaic_ooc import device_budget as db
+from zemosaic_ooc.backend import numpy_as_device_backend
+from zemosaic_ooc.options import Phase5Options
+from zemosaic_ooc.phase5.pipeline import choose_block_size, run_pipeline
+
+
+def test_task_estimate_grows_with_block_area_and_tiles():
+    assert db.task_bytes(100, 2) == 100 * (db.BYTES_PER_PIXEL + 2 * db.BYTES_PER_PIXEL_PER_TILE)
+    assert db.task_bytes(200, 2) == 2 * db.task_bytes(100, 2)
+    assert db.task_bytes(100, 4) > db.task_bytes(100, 2)
+
+
+def test_slots_fill_the_budget_but_never_exceed_the_workers_or_drop_below_one():
+    one_task = db.task_bytes(512 * 512, 4)
+    assert db.device_slots(int(3.5 * one_task / db.USABLE_SHARE), 512 * 512, 4, workers=8) == 3
+    assert db.device_slots(100 * one_task, 512 * 512, 4, workers=8) == 8
+    assert db.device_slots(one_task // 10, 512 * 512, 4, workers=8) == 1
+
+
+def test_max_block_side_fits_one_task_in_the_budget():
+    for budget in (64 << 20, 512 << 20, 8 << 30):
+        side = db.max_block_side(budget)
+        assert side % 16 == 0 and side >= 128
+        if side > 128:
+            assert db.task_bytes(side * side, db.ASSUMED_TILES_PER_BLOCK) <= db.USABLE_SHARE * budget
+            bigger = side + 16
+            assert db.task_bytes(bigger * bigger, db.ASSUMED_TILES_PER_BLOCK) > db.USABLE_SHARE * budget
+
+
+def test_tiles_per_block_counts_the_boxes_reaching_a_block():
+    boxes = [(0, 100, 0, 100), (50, 150, 50, 150), (90, 200, 0, 60), None]
+    assert db.tiles_per_block(boxes, [(0, 64, 0, 64)]) == 2
+    assert db.tiles_per_block(boxes, [(64, 128, 0, 64), (150, 200, 150, 200)]) == 3
+    assert db.tiles_per_block([None], [(0, 8, 0, 8)]) == 1
+
+
+def test_a_small_device_budget_gives_smaller_blocks_than_the_host_alone():
+    opts = Phase5Options(memory_budget=8 << 30)
+    host_only = choose_block_size(opts, 2, (6000, 6000))
+    with_device = choose_block_size(opts, 2, (6000, 6000), device_budget=256 << 20)
+    assert with_device < host_only
+    assert with_device <= db.max_block_side(256 << 20)
+
+
+def test_device_tasks_at_once_follow_the_slots_and_the_mosaic_is_the_cpus(tmp_path):
+    from golden import assert_same_mosaic, read_store_window
+    from zemosaic_ooc.demo import make_demo_tiles
+
+    tiles = make_demo_tiles(tmp_path / "tiles", nx=3, ny=2, tile_hw=(256, 288), seed=8)
+    opts = Phase5Options(block_size=128, two_pass_coverage_renorm=False,
+                         patchwork_suppressor_enabled=False)
+    run_pipeline(tiles, tmp_path / "cpu.zarr", opts, workers=4)
+    summary = run_pipeline(tiles, tmp_path / "probe.zarr", opts, workers=4, device=numpy_as_device_backend())
+    assert summary.device["device_slots"] == 4           # the default 2 GiB holds every worker's task
+    # a budget for 2.5 block tasks of the plan's estimate: two at once
+    budget = int(2.5 * summary.device["task_bytes"] / db.USABLE_SHARE)
+    lock, state = threading.Lock(), {"now": 0, "peak": 0}
+
+    def inject(stage, box, backend):
+        with lock:
+            state["now"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+        time.sleep(0.01)
+        with lock:
+            state["now"] -= 1
+
+    summary = run_pipeline(tiles, tmp_path / "dev.zarr", opts, workers=4,
+                           device=numpy_as_device_backend(budget_bytes=budget), fault_injector=inject)
+    assert summary.device["device_slots"] == 2
+    assert state["peak"] == 2                              # the workers did contend for the slots
+    assert summary.device["replays"] == 0
+    assert_same_mosaic(read_store_window(tmp_path / "dev.zarr"), read_store_window(tmp_path / "cpu.zarr"))

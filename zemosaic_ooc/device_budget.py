@@ -1,0 +1,58 @@
+"""VRAM budgeting: how large a device block may be, and how many block tasks the device holds.
+
+A block task on the device holds, per output pixel of the block (chunks on a GPU are the
+whole block, see :data:`~zemosaic_ooc.backend.GPU_CHUNK_PIXELS`):
+
+* per tile that reaches the block: its samples (d_R, d_G, d_B, ω float32: 16 B), its
+  prepared region packed for the gathers (16 B, about one block's area), its coordinate maps
+  (u, v float64: 16 B) and the stencil of a chunk (flat index int64, fractions float64,
+  inside flag: 25 B), with the bilinear temporaries: :data:`BYTES_PER_PIXEL_PER_TILE`;
+* once: the float64 sums and weights (48 B), the float32 mosaic, coverage and alpha union
+  (20 B) and their temporaries: :data:`BYTES_PER_PIXEL`.
+
+The budget (``--gpu-memory-budget``, default a share of the device's free memory, see
+:func:`~zemosaic_ooc.backend.cupy_backend`) is also the memory pool's limit, so an
+estimate that is too low shows as out-of-memory errors that the OOM guard replays on the
+CPU, never as a wrong mosaic.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+BYTES_PER_PIXEL_PER_TILE = 112
+BYTES_PER_PIXEL = 96
+#: share of the device budget that block tasks may plan on (the rest: CuPy's pool rounding,
+#: kernels' own scratch, the samples kept from the background walk for pass 1)
+USABLE_SHARE = 0.6
+#: tiles assumed to reach a block before the plan knows (a 2×2 corner of a mosaic)
+ASSUMED_TILES_PER_BLOCK = 4
+
+
+def task_bytes(block_pixels: int, tiles_per_block: int) -> int:
+    """Estimated device bytes of one block task (see the module docstring)."""
+    return int(block_pixels) * (BYTES_PER_PIXEL + BYTES_PER_PIXEL_PER_TILE * max(1, int(tiles_per_block)))
+
+
+def max_block_side(budget_bytes: int, tiles_per_block: int = ASSUMED_TILES_PER_BLOCK) -> int:
+    """The largest square block (a multiple of 16 px, at least 128) one task can hold in the budget."""
+    per_pixel = task_bytes(1, tiles_per_block)
+    side = int(math.sqrt(max(1.0, USABLE_SHARE * budget_bytes / per_pixel)))
+    return max(128, (side // 16) * 16)
+
+
+def device_slots(budget_bytes: int, block_pixels: int, tiles_per_block: int, workers: int) -> int:
+    """How many block tasks may run on the device at once (1 … ``workers``)."""
+    fits = int(USABLE_SHARE * budget_bytes // max(1, task_bytes(block_pixels, tiles_per_block)))
+    return max(1, min(int(workers), fits))
+
+
+def tiles_per_block(tile_boxes: Sequence[tuple[int, int, int, int] | None],
+                    blocks: Sequence[tuple[int, int, int, int]]) -> int:
+    """The most tiles whose (data or union) box reaches any one block (at least 1)."""
+    most = 1
+    boxes = [b for b in tile_boxes if b is not None]
+    for y0, y1, x0, x1 in blocks:
+        count = sum(1 for b in boxes if b[0] < y1 and y0 < b[1] and b[2] < x1 and x0 < b[3])
+        most = max(most, count)
+    return most
