@@ -153,7 +153,9 @@ def check_set(name: str, tiles: list[Path], work: Path, ns: argparse.Namespace,
     if not first_pass_only:
         row["seams"] = {"cpu": seam_value(work / f"{name}_cpu.zarr"),
                         "gpu": seam_value(work / f"{name}_gpu.zarr")}
-        _, small = timed_run(tiles, work / f"{name}_oom.zarr", opts,
+        # the GPU run's block size: planned for the small pool, blocks would shrink until they fit
+        small_opts = Phase5Options(**kwargs, block_size=gpu_summary.block_size)
+        _, small = timed_run(tiles, work / f"{name}_oom.zarr", small_opts,
                              device=cupy_backend(int(ns.pool_limit)))
         row["small_pool"] = parity(cpu, _window(work / f"{name}_oom.zarr"))
         row["small_pool"]["device"] = small.device
