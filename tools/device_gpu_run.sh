@@ -4,9 +4,16 @@
 # A device call may run 600 s at most: on a cold machine run tools/device_gpu_tests.sh first
 # (tests + fixtures, ~130 s), then this with SKIP_PYTEST=1 (16×2048² set and anchor, ~300 s).
 #
-# Prepared here (see tools/BENCHMARKS.md §GPU): wheels of the packages the device image lacks
-# in .whl/ (cp312, manylinux), the fixtures' master tiles + ref.json in device_fixtures/;
-# both git-ignored and named in the device tool's `carry`.  Logs and JSON go to $OUT.
+# Prepared here: wheels of the packages the device image lacks in .whl/ (cp312, manylinux),
+# the fixtures' master tiles + ref.json in device_fixtures/; both git-ignored and named in
+# the device tool's `carry` (about 45 MiB together).  Logs and JSON go to $OUT.
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
+#     astropy pyerfa astropy-iers-data zarr numcodecs crc32c google-crc32c donfig \
+#     reproject astropy_healpix dask dask-image partd locket pyavm shapely
+#   for d in ../shared/fixtures/*/; do n=$(basename $d); mkdir -p device_fixtures/$n;
+#     cp $d/master_tile_*.fits $d/ref.json device_fixtures/$n/; done
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
