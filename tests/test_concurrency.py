@@ -46,3 +46,38 @@ def test_ingest_on_several_threads_writes_the_same_store(tmp_path):
             a = serial.group[f"tiles/{index}/{name}"][...]
             b = parallel.group[f"tiles/{index}/{name}"][...]
             assert np.array_equal(a, b, equal_nan=True)
+
+
+def test_parallel_ingest_leaves_the_warning_filters_as_it_found_them(tmp_path, monkeypatch):
+    """Two workers leave ``catch_warnings`` out of order (A enters, B enters, A leaves, B leaves):
+    B restores the filters it saw, A's "ignore" included.  Ingest restores them after its workers."""
+    import threading
+    import warnings
+
+    from zemosaic_ooc.demo import make_demo_tiles
+    from zemosaic_ooc.store import tiles as tiles_module
+
+    tiles = make_demo_tiles(tmp_path / "tiles", nx=2, ny=1, tile_hw=(96, 112), seed=2)
+    original = tiles_module._inspect_tile
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def interleaved(path):
+        if path == tiles[0]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                a_in.set()
+                b_in.wait(5)
+            a_out.set()
+        else:
+            a_in.wait(5)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                b_in.set()
+                a_out.wait(5)
+        return original(path)
+
+    monkeypatch.setattr(tiles_module, "_inspect_tile", interleaved)
+    before = list(warnings.filters)
+    tiles_module.ingest_tiles(tiles, tmp_path / "store", workers=2, memory_budget=1 << 30)
+    assert a_in.is_set() and b_in.is_set() and a_out.is_set()
+    assert list(warnings.filters) == before

@@ -565,6 +565,18 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
     ``workers`` threads, a few at a time (within a quarter of ``memory_budget``); the
     checks and their messages come in input order, as with one thread.
     """
+    # ``warnings.catch_warnings`` (used around astropy's FITS and WCS reads) is not thread-safe:
+    # worker threads entering and leaving it out of order could leave a filter installed.  The
+    # filters are saved here and restored once every worker has finished.
+    with warnings.catch_warnings():
+        return _ingest_tiles(paths, store_path, skip_bad=skip_bad, progress=progress, chunk=chunk,
+                             cache=cache, workers=workers, memory_budget=memory_budget)
+
+
+def _ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *, skip_bad: bool,
+                  progress: Callable[[int, int, str], None] | None, chunk: int,
+                  cache: TileCache | None, workers: int, memory_budget: int | None) -> TileStore:
+    """:func:`ingest_tiles` inside its warnings guard."""
     if not paths:
         raise InputError(None, "no input tiles were given")
     store_path = Path(store_path)
