@@ -22,6 +22,7 @@ import numpy as np
 import psutil
 
 from ..backend import Backend, numpy_backend, select_backend
+from ..concurrency import ordered_map
 from ..device_budget import device_slots, max_block_side, task_bytes, tiles_per_block
 from ..memory import MemoryShelf, release_memory, strip_pixels
 from ..errors import InputError, StoreError
@@ -491,8 +492,13 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     if not stage_done("plan"):
         for tile in tiles:
             tile.box = reproject_box(geometry(tile), out_grid, shape_hw)
-            if calibration_runs:
-                tile.nan_threshold = nan_threshold(backend, tile_store, tile)
+        if calibration_runs:
+            # each scan holds a strip of one tile (256 rows): the tiles are scanned side by side
+            scans = ordered_map(lambda t: nan_threshold(backend, tile_store, t), tiles, workers)
+            for tile, theta in scans:
+                if isinstance(theta, BaseException):
+                    raise theta
+                tile.nan_threshold = theta
                 rss.sample()
         store.attrs_update(output_wcs_header=out_grid.header_text, options=opts.to_dict())
         save_state("plan", tiles=[t.to_json() for t in tiles], grid_header=out_grid.header_text,
