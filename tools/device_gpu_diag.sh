@@ -2,9 +2,7 @@
 # Diagnostic GPU runs on a lent device (see tools/gpu_diag.py): a 3x3 set with 1 and 8 workers,
 # then 16 tiles of 2048² (first pass), each in its own process under a timeout, thread dumps on.
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
-export PYTHONPATH=/tmp/site:$PWD
+source tools/device_env.sh
 D="python3 tools/gpu_diag.py"
 L=$OUT/diag.log
 python3 -c "

@@ -15,16 +15,7 @@
 #   for d in ../shared/fixtures/*/; do n=$(basename $d); mkdir -p device_fixtures/$n;
 #     cp $d/master_tile_*.fits $d/ref.json device_fixtures/$n/; done
 set -u
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 3
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
+source tools/device_env.sh
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
 python3 - <<'EOF' 2>&1 | tee -a "$OUT/gpu.txt"
 import os, cupy, numpy, zarr, astropy
@@ -32,7 +23,6 @@ print("cupy", cupy.__version__, "numpy", numpy.__version__, "zarr", zarr.__versi
       "astropy", astropy.__version__, "cores", os.cpu_count())
 print("device ok:", int(cupy.arange(10).sum()))
 EOF
-export ZEMOSAIC_OOC_FIXTURES=$PWD/device_fixtures
 if [ -z "${SKIP_PYTEST:-}" ]; then
   timeout "${PYTEST_TIMEOUT:-200}" python3 -m pytest -q -o addopts="" -m gpu -p no:cacheprovider \
     tests/test_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log"

@@ -2,10 +2,8 @@
 # The gpu-marked tests, then gpu_check.py on the fixtures only (parity + forced OOM replays),
 # on a cold device machine; logs to $OUT.  Carry .whl and device_fixtures (see device_gpu_run.sh).
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
-export PYTHONPATH=/tmp/site:$PWD ZEMOSAIC_OOC_FIXTURES=$PWD/device_fixtures
-timeout "${PYTEST_TIMEOUT:-100}" python3 -m pytest -v -o addopts="" -m gpu -p no:cacheprovider --durations=0 \
+source tools/device_env.sh
+timeout "${PYTEST_TIMEOUT:-200}" python3 -m pytest -v -o addopts="" -m gpu -p no:cacheprovider --durations=0 \
   tests/test_gpu.py > "$OUT/pytest_gpu.log" 2>&1; echo "pytest rc $?" >> "$OUT/pytest_gpu.log"
 grep -E "PASS|FAIL|ERROR|rc |passed|failed|s call" "$OUT/pytest_gpu.log"
 timeout "${CHECK_TIMEOUT:-60}" python3 tools/gpu_check.py --fixtures device_fixtures --synthetic "" \

@@ -164,6 +164,10 @@ def check_set(name: str, tiles: list[Path], work: Path, ns: argparse.Namespace,
         ok &= forced and _passes(row["small_pool"], ns.tolerance)
         shutil.rmtree(work / f"{name}_oom.zarr", ignore_errors=True)
     row["pass"] = bool(ok)
+    import zarr
+
+    # the output grid, for the anchor to coadd onto the same pixels
+    row["grid_header"] = zarr.open_group(str(work / f"{name}_cpu.zarr"), mode="r").attrs["output_wcs_header"]
     for suffix in ("cpu", "gpu"):
         shutil.rmtree(work / f"{name}_{suffix}.zarr", ignore_errors=True)
     return row
@@ -173,20 +177,13 @@ def _passes(result: dict[str, Any], tolerance: float) -> bool:
     return result["mask_agreement"] == 1.0 and max(result["max"]) <= tolerance
 
 
-def anchor_seconds(tiles_dir: Path, work: Path, name: str) -> float:
-    """Wall time of the reproject anchor (bench_phase5's worker) on a tile set, first pass."""
+def anchor_seconds(tiles_dir: Path, work: Path, row: dict[str, Any]) -> float:
+    """Wall time of the reproject anchor (bench_phase5's worker) on a checked set's grid, first pass."""
     import bench_phase5
 
-    header = work / f"{name}_grid.hdr"
-    out = work / f"{name}_grid.zarr"
-    tiles = sorted(tiles_dir.glob("master_tile_*.fits"))
-    summary = run_pipeline(tiles, out, Phase5Options(gpu="off", two_pass_coverage_renorm=False,
-                                                     patchwork_suppressor_enabled=False, overwrite=True))
-    import zarr
-
-    header.write_text(zarr.open_group(str(out), mode="r").attrs["output_wcs_header"])
-    shutil.rmtree(out, ignore_errors=True)
-    ns = argparse.Namespace(header=str(header), shape=list(summary.shape_hw), crop=True,
+    header = work / f"{row['set']}_grid.hdr"
+    header.write_text(row["grid_header"])
+    ns = argparse.Namespace(header=str(header), shape=list(row["shape_hw"]), crop=True,
                             crop_percent=Phase5Options().master_tile_crop_percent, tiles_dir=str(tiles_dir))
     return float(bench_phase5.worker_anchor(ns)["wall_s"])
 
@@ -283,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
 
             def anchor_row() -> dict[str, Any]:
                 row = check_set(aname, atiles, work, ns, first_pass_only=True)
-                row["anchor_s"] = anchor_seconds(work / aname, work, aname)
+                row["anchor_s"] = anchor_seconds(work / aname, work, row)
                 row["anchor_over_gpu"] = row["anchor_s"] / row["gpu_s"]
                 row["anchor_over_cpu"] = row["anchor_s"] / row["cpu_s"]
                 print(f"{aname:26s} anchor {row['anchor_s']:.2f} s: anchor/GPU "

@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from .phase5.grid import Box, intersect
+
 BYTES_PER_PIXEL_PER_TILE = 112
 BYTES_PER_PIXEL = 96
 #: share of the device budget that block tasks may plan on (the rest: CuPy's pool rounding,
@@ -47,12 +49,7 @@ def device_slots(budget_bytes: int, block_pixels: int, tiles_per_block: int, wor
     return max(1, min(int(workers), fits))
 
 
-def tiles_per_block(tile_boxes: Sequence[tuple[int, int, int, int] | None],
-                    blocks: Sequence[tuple[int, int, int, int]]) -> int:
+def tiles_per_block(tile_boxes: Sequence[Box | None], blocks: Sequence[Box]) -> int:
     """The most tiles whose (data or union) box reaches any one block (at least 1)."""
-    most = 1
-    boxes = [b for b in tile_boxes if b is not None]
-    for y0, y1, x0, x1 in blocks:
-        count = sum(1 for b in boxes if b[0] < y1 and y0 < b[1] and b[2] < x1 and x0 < b[3])
-        most = max(most, count)
-    return most
+    return max([1] + [sum(1 for box in tile_boxes if intersect(box, block) is not None)
+                      for block in blocks])

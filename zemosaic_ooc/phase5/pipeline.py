@@ -506,9 +506,10 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     stages.append(("plan", time.perf_counter() - t0))
     rss.sample()
 
+    blocks = list(iter_blocks(shape_hw, block))      # the output chunks: every block stage's boxes
     if device is not None:
         # VRAM budget: how many block tasks the device holds at once
-        most_tiles = tiles_per_block([t.box for t in tiles], list(iter_blocks(shape_hw, block)))
+        most_tiles = tiles_per_block([t.box for t in tiles], blocks)
         guard.limit_device_tasks(device_slots(device.budget_bytes, block * block, most_tiles, workers),
                                  task_bytes=task_bytes(block * block, most_tiles), tiles_per_block=most_tiles)
         log.info("device %s: budget %.2f GiB, blocks of %d px reached by up to %d tiles: %d task(s) at once",
@@ -561,7 +562,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         strip = strip_pixels(int(opts.memory_budget))
         offsets, _ = background_offsets(
             backend, tile_store, tiles, out_grid, strip_pixels=strip, workers=workers,
-            blocks=list(iter_blocks(shape_hw, block)), cache=samples_cache,
+            blocks=blocks, cache=samples_cache,
             diff_bytes=int(opts.memory_budget) // MEMORY_SHARE, run_on=guard.call,
             progress=lambda k, n: (progress.advance("background", 0), rss.sample()))
         progress.finish("background")
@@ -575,7 +576,6 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     # ---- pass 1 (§5.1–5.3)
     t0 = time.perf_counter()
     height, width = shape_hw
-    blocks = list(iter_blocks(shape_hw, block))
     p1 = store.require("stages/pass1_mosaic", (height, width, 3), "float32", (block, block, 3))
     p1_cov = store.require("stages/pass1_coverage", (height, width), "float32", (block, block))
     p1_union = store.require("stages/alpha_union", (height, width), "float32", (block, block))
