@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .demo import DemoSky, load_truth
+from .phase5.stats import robust_sigma
 
 STAR_FREE_ADU = 0.5          # a pixel is "star free" where the stars add < 0.5 ADU to the truth
 
@@ -168,7 +169,7 @@ def colour_balance(mosaic: np.ndarray, oracle: np.ndarray) -> np.ndarray:
         for _ in range(2):
             s, b = np.polyfit(x[keep], y[keep], 1)
             resid = y - (s * x + b)
-            sigma = 1.4826 * np.median(np.abs(resid[keep] - np.median(resid[keep])))
+            sigma = robust_sigma(resid[keep])
             keep = np.abs(resid) <= 5.0 * max(sigma, 1e-12)
         slopes[c] = s
     return slopes

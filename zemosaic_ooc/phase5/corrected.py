@@ -53,6 +53,7 @@ from .graph import DisjointSets
 from .grid import Box, intersect
 from .mapping import OutputGrid
 from .prep import TilePlan
+from .stats import robust_sigma
 
 log = logging.getLogger(__name__)
 
@@ -156,13 +157,6 @@ def choose_bin_px(box: Box, max_bins: int = MAX_BINS_PER_PAIR) -> int:
     return max(MIN_BIN_PX, int(math.ceil(math.sqrt(area / float(max_bins)))))
 
 
-def _robust_sigma(values: np.ndarray) -> float:
-    if values.size == 0:
-        return float("nan")
-    med = np.median(values)
-    return float(1.4826 * np.median(np.abs(values - med)))
-
-
 def _strip_samples(xp: Any, view: TileView) -> tuple[Any, Any]:
     """A view's whole box, chunk by chunk: data (h, w, 3) float32 (NaN invalid), weight f (h, w)."""
     height, width = view.uu.shape
@@ -235,9 +229,9 @@ def pair_samples(backend: Backend, store: TileStore, tile_i: TilePlan, tile_j: T
     x = np.concatenate(xs) if xs else empty
     y = np.concatenate(ys) if ys else empty
     position = np.concatenate(centres) if centres else np.zeros((0, 2))
-    noise_i = np.array([_robust_sigma(np.concatenate(d)) / math.sqrt(2.0) if d else float("nan")
+    noise_i = np.array([robust_sigma(np.concatenate(d)) / math.sqrt(2.0) if d else float("nan")
                         for d in diffs_i])
-    noise_j = np.array([_robust_sigma(np.concatenate(d)) / math.sqrt(2.0) if d else float("nan")
+    noise_j = np.array([robust_sigma(np.concatenate(d)) / math.sqrt(2.0) if d else float("nan")
                         for d in diffs_j])
     return PairSamples(x, y, position, noise_i, noise_j, b, n_pixels)
 
@@ -294,7 +288,7 @@ def robust_deming_fit(x: np.ndarray, y: np.ndarray, delta: float, *,
         target = y if z is None else y - z @ beta
         ortho = (target - slope * x - intercept) / math.sqrt(delta + slope * slope)
         centre = float(np.median(ortho[keep]))
-        sigma = _robust_sigma(ortho[keep])
+        sigma = robust_sigma(ortho[keep])
         if not math.isfinite(sigma) or sigma <= 0:
             break
         new_keep = np.abs(ortho - centre) <= clip_sigma * sigma

@@ -94,3 +94,15 @@ def exact_percentiles(blocks: Sequence, values_of: Callable[[object], np.ndarray
         a, b = cache[lower], cache[upper]
         results.append(b - (b - a) * (1 - frac) if frac >= 0.5 else a + (b - a) * frac)
     return results
+
+
+#: the MAD of a normal distribution times this is its standard deviation
+MAD_TO_SIGMA = 1.4826
+
+
+def robust_sigma(values: np.ndarray) -> float:
+    """1.4826 × the median absolute deviation from the median (a normal's σ); NaN when empty."""
+    values = np.asarray(values)
+    if values.size == 0:
+        return float("nan")
+    return float(MAD_TO_SIGMA * np.median(np.abs(values - np.median(values))))

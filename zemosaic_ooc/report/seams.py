@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..phase5.stats import robust_sigma
 from .footprints import TileFootprint
 from .reading import gather_points
 
@@ -190,8 +191,7 @@ def seam_check(mosaic, footprints: Sequence[TileFootprint], window: tuple[int, i
             for c in range(n_ch):
                 dc = diffs[:, c]
                 med = float(np.median(dc))
-                mad = float(np.median(np.abs(dc - med)))
-                se = 1.2533 * 1.4826 * mad / math.sqrt(pts.size)
+                se = 1.2533 * robust_sigma(dc) / math.sqrt(pts.size)   # s.e. of a median
                 rng = sky_range[c] if c < len(sky_range) else float("nan")
                 r = med / rng if (math.isfinite(rng) and rng > 0) else float("nan")
                 t = max(rel_threshold * rng if math.isfinite(rng) else float("inf"), n_sigma * se)
