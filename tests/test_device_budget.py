@@ -60,8 +60,8 @@ def test_device_tasks_at_once_follow_the_slots_and_the_mosaic_is_the_cpus(tmp_pa
     run_pipeline(tiles, tmp_path / "cpu.zarr", opts, workers=4)
     summary = run_pipeline(tiles, tmp_path / "probe.zarr", opts, workers=4, device=numpy_as_device_backend())
     assert summary.device["device_slots"] == 4           # the default 2 GiB holds every worker's task
-    # a budget for 2.5 block tasks of the plan's estimate: two at once
-    budget = int(2.5 * summary.device["task_bytes"] / db.USABLE_SHARE)
+    # a budget whose task share holds 2.5 block tasks of the plan's estimate: two at once
+    budget = int(2.5 * summary.device["task_bytes"] / (db.USABLE_SHARE * db.TASK_SHARE))
     lock, state = threading.Lock(), {"now": 0, "peak": 0}
 
     def inject(stage, box, backend):

@@ -12,8 +12,9 @@ else
   export PYTHONPATH=$PWD
 fi
 export ZEMOSAIC_OOC_FIXTURES=$PWD/device_fixtures
-# CuPy's compiled kernels: kept in the repo folder .cupy_cache (git-ignored) and sent back
-# under $OUT/cupy_cache, so a later call can carry them and skip the cold compiles
+# CuPy's compiled kernels: kept in the repo folder .cupy_cache (git-ignored) and sent back as
+# one file, $OUT/cupy_cache.tgz (the device tool returns a limited number of files); unpack it
+# into .cupy_cache here and carry that folder, so a later call skips the cold compiles
 export CUPY_CACHE_DIR=$PWD/.cupy_cache
 mkdir -p "$CUPY_CACHE_DIR"
-trap 'mkdir -p "$OUT/cupy_cache" && cp -r "$CUPY_CACHE_DIR"/. "$OUT/cupy_cache"/ 2>/dev/null' EXIT
+trap 'tar czf "$OUT/cupy_cache.tgz" -C "$CUPY_CACHE_DIR" . 2>/dev/null' EXIT

@@ -30,8 +30,8 @@ CPU_CHUNK_PIXELS = 1 << 15
 GPU_CHUNK_PIXELS = 1 << 22
 #: default VRAM budget: this fraction of the device's free memory at start
 GPU_FREE_FRACTION = 0.6
-_COUNT_LOCK = threading.Lock()
-_THREAD_STREAMS = threading.local()   # one CUDA stream per worker thread   # guards the transfer counters (module level: a Backend pickles)
+_COUNT_LOCK = threading.Lock()        # guards the transfer counters (module level: a Backend pickles)
+_THREAD_STREAMS = threading.local()   # one CUDA stream per worker thread
 
 
 class GpuUnavailableError(ZeMosaicOocError):
@@ -69,6 +69,9 @@ class Backend:
     #: host→device and device→host bytes moved (cupy only), for the transfer report
     bytes_to_device: int = 0
     bytes_to_host: int = 0
+    #: prepared whole tiles kept in this backend's memory
+    #: (:class:`~zemosaic_ooc.phase5.resident.ResidentTiles`; the pipeline gives one to a device)
+    resident: Any = None
 
     @property
     def on_host(self) -> bool:
@@ -111,7 +114,10 @@ class Backend:
         return {"bytes_to_device": int(self.bytes_to_device), "bytes_to_host": int(self.bytes_to_host)}
 
     def free_memory(self) -> None:
-        """Release cached device memory (no-op on numpy)."""
+        """Release cached device memory: the resident tiles and CuPy's pools (numpy: the
+        resident tiles only)."""
+        if self.resident is not None:
+            self.resident.clear()
         if self.xp is np:
             return
         try:
@@ -119,6 +125,11 @@ class Backend:
             self.xp.get_default_pinned_memory_pool().free_all_blocks()
         except Exception:  # pragma: no cover - best effort on a device
             log.debug("could not free cupy pools", exc_info=True)
+
+    def synchronize_stream(self) -> None:
+        """Wait for the work queued on the calling thread's current stream (numpy: nothing)."""
+        if self.xp is not np:  # pragma: no cover - device only
+            self.xp.cuda.get_current_stream().synchronize()
 
     def synchronize(self) -> None:
         if self.xp is not np:  # pragma: no cover - device only

@@ -10,6 +10,10 @@ whole block, see :data:`~zemosaic_ooc.backend.GPU_CHUNK_PIXELS`):
 * once: the float64 sums and weights (48 B), the float32 mosaic, coverage and alpha union
   (20 B) and their temporaries: :data:`BYTES_PER_PIXEL`.
 
+The budget is shared: :data:`RESIDENT_SHARE` for the prepared whole tiles kept on the device
+(:mod:`~zemosaic_ooc.phase5.resident`), :data:`SAMPLES_SHARE` for the block samples handed from
+the background walk to pass 1, and the rest (:func:`task_budget`) for the block tasks.
+
 The budget (``--gpu-memory-budget``, default a share of the device's free memory, see
 :func:`~zemosaic_ooc.backend.cupy_backend`) is also the memory pool's limit, so an
 estimate that is too low shows as out-of-memory errors that the OOM guard replays on the
@@ -24,11 +28,33 @@ from .phase5.grid import Box, intersect
 
 BYTES_PER_PIXEL_PER_TILE = 112
 BYTES_PER_PIXEL = 96
-#: share of the device budget that block tasks may plan on (the rest: CuPy's pool rounding,
-#: kernels' own scratch, the samples kept from the background walk for pass 1)
+#: share of the task budget that block tasks may plan on (the rest: CuPy's pool rounding,
+#: kernels' own scratch)
 USABLE_SHARE = 0.6
+#: share of the device budget for resident prepared tiles (20 B per tile pixel)
+RESIDENT_SHARE = 0.25
+#: share of the device budget for block samples kept from the background walk for pass 1
+SAMPLES_SHARE = 0.15
+#: share of the device budget left to block tasks
+TASK_SHARE = 1.0 - RESIDENT_SHARE - SAMPLES_SHARE
 #: tiles assumed to reach a block before the plan knows (a 2×2 corner of a mosaic)
 ASSUMED_TILES_PER_BLOCK = 4
+
+
+def task_budget(budget_bytes: int) -> int:
+    """The part of the device budget left to block tasks (the budget less the resident tiles'
+    and the kept samples' shares)."""
+    return int(budget_bytes * TASK_SHARE)
+
+
+def resident_capacity(budget_bytes: int, needed_bytes: int) -> int:
+    """Bytes for resident tiles: what the tiles need, within :data:`RESIDENT_SHARE` of the budget."""
+    return int(min(int(needed_bytes), RESIDENT_SHARE * budget_bytes))
+
+
+def samples_capacity(budget_bytes: int) -> int:
+    """Bytes of block samples the device keeps from the background walk for pass 1."""
+    return int(SAMPLES_SHARE * budget_bytes)
 
 
 def task_bytes(block_pixels: int, tiles_per_block: int) -> int:
@@ -37,14 +63,16 @@ def task_bytes(block_pixels: int, tiles_per_block: int) -> int:
 
 
 def max_block_side(budget_bytes: int, tiles_per_block: int = ASSUMED_TILES_PER_BLOCK) -> int:
-    """The largest square block (a multiple of 16 px, at least 128) one task can hold in the budget."""
+    """The largest square block (a multiple of 16 px, at least 128) one task can hold in
+    ``budget_bytes`` (a task budget, :func:`task_budget`)."""
     per_pixel = task_bytes(1, tiles_per_block)
     side = int(math.sqrt(max(1.0, USABLE_SHARE * budget_bytes / per_pixel)))
     return max(128, (side // 16) * 16)
 
 
 def device_slots(budget_bytes: int, block_pixels: int, tiles_per_block: int, workers: int) -> int:
-    """How many block tasks may run on the device at once (1 … ``workers``)."""
+    """How many block tasks may run on the device at once (1 … ``workers``) within
+    ``budget_bytes`` (a task budget, :func:`task_budget`)."""
     fits = int(USABLE_SHARE * budget_bytes // max(1, task_bytes(block_pixels, tiles_per_block)))
     return max(1, min(int(workers), fits))
 

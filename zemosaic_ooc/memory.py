@@ -55,31 +55,46 @@ class MemoryShelf:
     """Values handed from one stage to a later one in memory, within ``capacity`` bytes.
 
     ``put`` keeps a value only while it fits (callers fall back to the store otherwise);
-    ``pop`` hands it over once and frees its share.  Thread-safe.  A shelf sent to another
-    process (a Dask worker) arrives empty: the values stay in the process that made them.
+    ``pop`` hands it over once and frees its share.  Values living on a device (``put(...,
+    on_device=True)``) count against ``device_capacity`` instead (VRAM, not RAM).
+    Thread-safe.  A shelf sent to another process (a Dask worker) arrives empty: the values
+    stay in the process that made them.
     """
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"capacity": self.capacity}
+        return {"capacity": self.capacity, "device_capacity": self.device_capacity}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["capacity"])
+        self.__init__(state["capacity"], device_capacity=state.get("device_capacity", 0))
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, *, device_capacity: int = 0):
         self.capacity = max(0, int(capacity))
+        self.device_capacity = max(0, int(device_capacity))
         self.used = 0
-        self.items: dict[Hashable, tuple[Any, int]] = {}
+        self.device_used = 0
+        self.items: dict[Hashable, tuple[Any, int, bool]] = {}
         self._lock = threading.Lock()
 
-    def put(self, key: Hashable, value: Any, nbytes: int) -> bool:
+    def _release(self, item: tuple[Any, int, bool]) -> None:
+        if item[2]:
+            self.device_used -= item[1]
+        else:
+            self.used -= item[1]
+
+    def put(self, key: Hashable, value: Any, nbytes: int, *, on_device: bool = False) -> bool:
         with self._lock:
             old = self.items.pop(key, None)
             if old is not None:
-                self.used -= old[1]
-            if self.used + nbytes > self.capacity:
-                return False
-            self.items[key] = (value, nbytes)
-            self.used += nbytes
+                self._release(old)
+            if on_device:
+                if self.device_used + nbytes > self.device_capacity:
+                    return False
+                self.device_used += nbytes
+            else:
+                if self.used + nbytes > self.capacity:
+                    return False
+                self.used += nbytes
+            self.items[key] = (value, nbytes, bool(on_device))
             return True
 
     def pop(self, key: Hashable) -> Any | None:
@@ -87,5 +102,5 @@ class MemoryShelf:
             item = self.items.pop(key, None)
             if item is None:
                 return None
-            self.used -= item[1]
+            self._release(item)
             return item[0]

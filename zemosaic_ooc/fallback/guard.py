@@ -145,6 +145,8 @@ class OomGuard:
                                "device_slots": self.device_slots, **self.device_plan}
         if self.device is not None:
             out.update(self.device.transfer_summary())
+            if self.device.resident is not None:
+                out.update(self.device.resident.summary())
             if self.device.extra.get("device_name"):
                 out["device_name"] = self.device.extra["device_name"]
         return out

@@ -162,7 +162,7 @@ def block_pair_offsets(backend: Backend, store: TileStore, tiles: Sequence[TileP
                     if values[c].size:
                         pieces[key][c].append(values[c])
         if cache is not None:
-            cache.put(block, samples, samples.nbytes)
+            cache.put(block, samples, samples.nbytes, on_device=samples.xp is not np)
 
     def walk(block: Box) -> None:
         return run_on("background", block, one) if run_on is not None else one(block, backend)

@@ -109,25 +109,16 @@ class TileView:
         return apply_stencil_binary(self.xp, stencil, self.union[:, 0])
 
 
-def open_view(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputGrid, box: Box, *,
-              want_data: bool = True, want_union: bool = False, step: int = DEFAULT_CONTROL_STEP,
-              gain_override: float | None = None, binary_weights: bool = False) -> TileView | None:
-    """Map ``tile`` onto ``box`` and read + prepare its region once; None when it does not reach the box.
+def prepared_planes(backend: Backend, raw_data: Any, raw_alpha: Any, tile: TilePlan, *,
+                    want_data: bool, want_union: bool, gain_override: float | None = None,
+                    binary_weights: bool = False) -> tuple[Any, Any]:
+    """§2 on a raw region, packed for the gathers: ((h·w, 4) float32 d_R, d_G, d_B, w or None,
+    (h·w, 1) float32 b_t or None).
 
-    ``gain_override`` multiplies the prepared data (two-pass γ_t); with
-    ``binary_weights`` ω = (m > 0)·τ (pass 2).
+    ``gain_override`` multiplies the prepared data (two-pass γ_t); with ``binary_weights``
+    w = (m > 0) (pass 2), else w = m_t.
     """
     xp = backend.xp
-    uu, vv = map_region(geometry(tile), grid, box, step=step, backend=backend)
-    bounds = region_bounds(uu, vv, tile.cropped_hw, xp)
-    if bounds is None:
-        return None
-    r0, r1, c0, c1 = bounds
-    # b_t of a tile with ALPHA (§5.3 step 1) needs no data
-    with_data = want_data or not tile.has_alpha or tile.empty_flag
-    raw_data, raw_alpha = read_raw_region(store, tile, (r0, r1), (c0, c1), with_data=with_data)
-    raw_data = None if raw_data is None else backend.asarray(raw_data)
-    raw_alpha = None if raw_alpha is None else backend.asarray(raw_alpha)
     packed = union = None
     if want_data:
         data, mask, _ = prepare_region(backend, raw_data, raw_alpha, tile, want_weight=False)
@@ -135,12 +126,46 @@ def open_view(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputGr
             data = data * xp.float32(gain_override)
         # ω_t = w·τ with w = m_t (prepare_region's base weight is m_t in both §4.1 cases)
         weight = (mask > 0).astype(xp.float32) if binary_weights else mask.astype(xp.float32)
-        packed = xp.empty((r1 - r0, c1 - c0, 4), dtype=xp.float32)
+        height, width = mask.shape
+        packed = xp.empty((height, width, 4), dtype=xp.float32)
         packed[..., :3] = xp.moveaxis(data, 0, -1)
         packed[..., 3] = weight
         packed = packed.reshape(-1, 4)
     if want_union:
         union = pack_planes(xp, union_mask(backend, raw_data, raw_alpha, tile)[None])
+    return packed, union
+
+
+def open_view(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputGrid, box: Box, *,
+              want_data: bool = True, want_union: bool = False, step: int = DEFAULT_CONTROL_STEP,
+              gain_override: float | None = None, binary_weights: bool = False) -> TileView | None:
+    """Map ``tile`` onto ``box`` and read + prepare its region once; None when it does not reach the box.
+
+    ``gain_override`` multiplies the prepared data (two-pass γ_t); with
+    ``binary_weights`` ω = (m > 0)·τ (pass 2).  On a backend with resident tiles
+    (:mod:`.resident`, a device) the view gathers from the whole prepared tile kept there
+    instead of reading and preparing the region: the same values.
+    """
+    xp = backend.xp
+    uu, vv = map_region(geometry(tile), grid, box, step=step, backend=backend)
+    bounds = region_bounds(uu, vv, tile.cropped_hw, xp)
+    if bounds is None:
+        return None
+    resident = backend.resident.get(backend, store, tile, prepared_planes, gain_override=gain_override,
+                                    binary_weights=binary_weights) if backend.resident is not None else None
+    if resident is not None:
+        return TileView(xp, tile, box, uu, vv, (0, 0), tuple(tile.cropped_hw),
+                        resident.packed if want_data else None, resident.union if want_union else None,
+                        float(tile.tau), chunk_pixels=int(backend.chunk_pixels))
+    r0, r1, c0, c1 = bounds
+    # b_t of a tile with ALPHA (§5.3 step 1) needs no data
+    with_data = want_data or not tile.has_alpha or tile.empty_flag
+    raw_data, raw_alpha = read_raw_region(store, tile, (r0, r1), (c0, c1), with_data=with_data)
+    raw_data = None if raw_data is None else backend.asarray(raw_data)
+    raw_alpha = None if raw_alpha is None else backend.asarray(raw_alpha)
+    packed, union = prepared_planes(backend, raw_data, raw_alpha, tile, want_data=want_data,
+                                    want_union=want_union, gain_override=gain_override,
+                                    binary_weights=binary_weights)
     return TileView(xp, tile, box, uu, vv, (r0, c0), (r1 - r0, c1 - c0), packed, union, float(tile.tau),
                     chunk_pixels=int(backend.chunk_pixels))
 

@@ -23,7 +23,8 @@ import psutil
 
 from ..backend import Backend, numpy_backend, select_backend
 from ..concurrency import ordered_map
-from ..device_budget import device_slots, max_block_side, task_bytes, tiles_per_block
+from ..device_budget import (device_slots, max_block_side, resident_capacity, samples_capacity, task_budget,
+                             task_bytes, tiles_per_block)
 from ..memory import MemoryShelf, release_memory, strip_pixels
 from ..errors import InputError, StoreError
 from ..options import Phase5Options
@@ -41,6 +42,7 @@ from .grid import Box, compute_output_grid, grid_from_header, halo_superblocks, 
 from .mapping import OutputGrid
 from .plan import StoreCalibrationSource, build_tile_plans, geometry, nan_threshold
 from .prep import TilePlan
+from .resident import ResidentTiles, resident_bytes
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +224,12 @@ def _kill_point(stage: str, count: int) -> None:
     if target and target == f"{stage}:{count}":
         import signal
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _drop_resident(device: Backend) -> None:
+    if device.resident is not None:
+        device.resident.clear()
+    device.resident = None
 
 
 def _cluster_call(task: Callable[..., Any], box: Box, backend: Backend, guarded: bool) -> tuple[Any, float]:
@@ -470,7 +478,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         else:
             out_wcs, shape_hw = compute_output_grid([geometry(t) for t in tiles])
         block = choose_block_size(opts, workers, shape_hw,
-                                  device_budget=None if device is None else device.budget_bytes)
+                                  device_budget=None if device is None else task_budget(device.budget_bytes))
         store.attrs_update(shape_hw=list(shape_hw), block=int(block))
         os.replace(staging, output / "tiles")
         tile_store = TileStore.open(output / "tiles", tile_cache)
@@ -510,10 +518,16 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     if device is not None:
         # VRAM budget: how many block tasks the device holds at once
         most_tiles = tiles_per_block([t.box for t in tiles], blocks)
-        guard.limit_device_tasks(device_slots(device.budget_bytes, block * block, most_tiles, workers),
+        guard.limit_device_tasks(device_slots(task_budget(device.budget_bytes), block * block, most_tiles, workers),
                                  task_bytes=task_bytes(block * block, most_tiles), tiles_per_block=most_tiles)
-        log.info("device %s: budget %.2f GiB, blocks of %d px reached by up to %d tiles: %d task(s) at once",
-                 device.name, device.budget_bytes / 2**30, block, most_tiles, guard.device_slots)
+        # the prepared tiles stay on the device while they fit their share (phase5/resident.py)
+        device.resident = ResidentTiles(resident_capacity(device.budget_bytes,
+                                                          sum(resident_bytes(t) for t in tiles)))
+        if _cleanup is not None:
+            _cleanup.callback(_drop_resident, device)     # the VRAM is the caller's again after the run
+        log.info("device %s: budget %.2f GiB, blocks of %d px reached by up to %d tiles: %d task(s) at once; "
+                 "%.2f GiB for resident tiles", device.name, device.budget_bytes / 2**30, block, most_tiles,
+                 guard.device_slots, device.resident.capacity / 2**30)
 
     # ---- inter-tile calibration (§3)
     t0 = time.perf_counter()
@@ -552,11 +566,18 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     # ---- alpha-union bboxes (§5.3) and background offsets (§4)
     t0 = time.perf_counter()
     # the background stage resamples the pass-1 blocks; pass 1 reuses them (in process only)
-    samples_cache = MemoryShelf(int(opts.memory_budget) // MEMORY_SHARE) if runner.client is None else None
+    samples_cache = MemoryShelf(int(opts.memory_budget) // MEMORY_SHARE,
+                                device_capacity=0 if device is None else samples_capacity(device.budget_bytes)
+                                ) if runner.client is None else None
     if not stage_done("background"):
-        for tile in tiles:
-            tile.union_bbox = union_bbox(backend, tile_store, tile, out_grid,
-                                         strip_pixels=strip_pixels(int(opts.memory_budget)))
+        # each scan holds a band of one tile: the tiles are scanned side by side
+        bboxes = ordered_map(lambda t: union_bbox(backend, tile_store, t, out_grid,
+                                                  strip_pixels=strip_pixels(int(opts.memory_budget))),
+                             tiles, workers)
+        for tile, bbox in bboxes:
+            if isinstance(bbox, BaseException):
+                raise bbox
+            tile.union_bbox = bbox
             rss.sample()
         progress.start("background", 1, unit="pair")
         strip = strip_pixels(int(opts.memory_budget))
