@@ -2,10 +2,15 @@
 
     python tools/gpu_diag.py TILES_DIR OUT.zarr [--gpu on|off] [--workers N] [--first-pass]
                              [--block-size N] [--dump-every S] [--compare CPU.zarr]
+                             [--sample-stacks MS]
 
 Prints every stage start / finish and every block with the time since start, and dumps
 every thread's stack each ``--dump-every`` seconds (faulthandler), so a slow or stuck
 run shows where it is.  ``--compare`` prints the parity against another store.
+``--sample-stacks MS`` samples every thread's stack each MS milliseconds and prints, per
+stage, where the threads spent their time (the innermost project frame and the innermost
+frame, e.g. a Zarr write under pass1_task): a poor man's sampling profiler, as no profiler
+is installed on the device machines.
 """
 from __future__ import annotations
 
@@ -24,15 +29,82 @@ from zemosaic_ooc.phase5.pipeline import run_pipeline  # noqa: E402
 T0 = time.perf_counter()
 
 
+class StackSampler:
+    """Samples ``sys._current_frames()`` every ``interval`` s from a daemon thread and counts,
+    per current stage, (innermost project frame, innermost frame) of every other thread."""
+
+    def __init__(self, interval: float) -> None:
+        import collections
+        import threading
+
+        self.interval = interval
+        self.stage = "start"
+        self.counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+        self.samples: collections.Counter = collections.Counter()
+        self.wall: collections.Counter = collections.Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _where(frame) -> str:
+        inner = f"{Path(frame.f_code.co_filename).name}:{frame.f_code.co_name}"
+        ours = None
+        while frame is not None:
+            name = frame.f_code.co_filename
+            if "zemosaic_ooc" in name and "concurrent" not in name:
+                ours = f"{Path(name).name}:{frame.f_code.co_name}:{frame.f_lineno}"
+                break
+            frame = frame.f_back
+        return f"{ours or '-'} > {inner}"
+
+    def _run(self) -> None:
+        import threading
+
+        me = threading.get_ident()
+        last = time.perf_counter()
+        while not self._stop.wait(self.interval):
+            stage = self.stage
+            now = time.perf_counter()
+            self.wall[stage] += now - last       # the real period (the GIL stretches the interval)
+            last = now
+            self.samples[stage] += 1
+            for ident, frame in sys._current_frames().items():
+                if ident == me:
+                    continue
+                where = self._where(frame)
+                if where.startswith("- > ") and where.endswith(("_bootstrap", "thread.py:_worker",
+                                                                 "selectors.py:select", "threading.py:wait")):
+                    continue                      # an idle pool or event-loop thread
+                self.counts[stage][where] += 1
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def report(self, top: int = 14) -> None:
+        for stage, counter in self.counts.items():
+            n = max(1, self.samples[stage])
+            period = self.wall[stage] / n
+            print(f"STACKS {stage}: {n} samples over {self.wall[stage]:.2f} s; thread-seconds by place:")
+            for where, count in counter.most_common(top):
+                print(f"    {count * period:7.2f}  {where}")
+
+
 class TimedProgress:
-    def __init__(self) -> None:
+    def __init__(self, sampler: "StackSampler | None" = None) -> None:
         self.done: dict[str, int] = {}
+        self.sampler = sampler
 
     def _print(self, text: str) -> None:
         print(f"[{time.perf_counter() - T0:7.2f} s] {text}", flush=True)
 
     def start(self, stage: str, total: int, unit: str = "block") -> None:
         self.done[stage] = 0
+        if self.sampler is not None:
+            self.sampler.stage = stage
         self._print(f"{stage}: start ({total} {unit})")
 
     def advance(self, stage: str, n: int = 1) -> None:
@@ -41,6 +113,8 @@ class TimedProgress:
             self._print(f"{stage}: {self.done[stage]} done")
 
     def finish(self, stage: str) -> None:
+        if self.sampler is not None:
+            self.sampler.stage = f"after {stage}"
         self._print(f"{stage}: finished")
 
     def message(self, text: str, level: str = "info") -> None:
@@ -57,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block-size", type=int, default=None)
     p.add_argument("--dump-every", type=float, default=30.0)
     p.add_argument("--compare", default=None)
+    p.add_argument("--sample-stacks", type=float, default=0.0, help="sampling interval in ms (0: off)")
     ns = p.parse_args(argv)
+    sampler = StackSampler(ns.sample_stacks / 1000.0) if ns.sample_stacks > 0 else None
     faulthandler.dump_traceback_later(ns.dump_every, repeat=True)
     kwargs = {"gpu": ns.gpu, "overwrite": True}
     if ns.first_pass:
@@ -66,9 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         kwargs["block_size"] = ns.block_size
     tiles = sorted(Path(ns.tiles_dir).glob("master_tile_*.fits"))
     t0 = time.perf_counter()
+    if sampler is not None:
+        sampler.start()
     summary = run_pipeline(tiles, ns.out, Phase5Options(**kwargs), workers=ns.workers,
-                           progress=TimedProgress())
+                           progress=TimedProgress(sampler))
     wall = time.perf_counter() - t0
+    if sampler is not None:
+        sampler.stop()
+        sampler.report()
     faulthandler.cancel_dump_traceback_later()
     print(f"RESULT {ns.out} gpu={ns.gpu} workers={summary.workers} block={summary.block_size} "
           f"wall {wall:.2f} s backend {summary.backend} device {summary.device}")

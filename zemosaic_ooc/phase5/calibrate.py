@@ -21,6 +21,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from ..backend import Backend
+from ..concurrency import ordered_map
 from .graph import DisjointSets
 from .grid import OverlapPair, clamped_boxes, overlap_pairs_with_cascade
 from .mapping import TileGeometry, output_to_tile
@@ -445,12 +446,26 @@ TileLoader = Callable[[int], tuple[Any, Any | None]]
 def calibrate(backend: Backend, geometries: Sequence[TileGeometry], tile_ids: Sequence[str],
               taus: Sequence[float], out_wcs: WCS, shape_hw: tuple[int, int], opts: Any,
               source: CalibrationSource,
-              progress: Callable[[int, int], None] | None = None) -> CalibrationResult:
+              progress: Callable[[int, int], None] | None = None, workers: int = 1) -> CalibrationResult:
     """§3 end to end, reading tiles through ``source``.
 
     A pair reads only the tile regions under its preview grid, and R_t is
-    accumulated strip by strip, so memory stays far below one tile.
+    accumulated strip by strip, so memory stays far below one tile.  The pairs (and
+    the recentring previews) are measured on ``workers`` threads; the results are
+    taken in pair order, so they do not depend on it.
     """
+    # the pair fits use ``warnings.catch_warnings``, which is not thread-safe: the filters are
+    # saved here and restored once every worker has finished (as ingest does)
+    with warnings.catch_warnings():
+        return _calibrate(backend, geometries, tile_ids, taus, out_wcs, shape_hw, opts, source,
+                          progress, workers)
+
+
+def _calibrate(backend: Backend, geometries: Sequence[TileGeometry], tile_ids: Sequence[str],
+               taus: Sequence[float], out_wcs: WCS, shape_hw: tuple[int, int], opts: Any,
+               source: CalibrationSource, progress: Callable[[int, int], None] | None,
+               workers: int) -> CalibrationResult:
+    """:func:`calibrate` inside its warnings guard."""
     n_tiles = len(geometries)
     result = CalibrationResult(gains=[1.0] * n_tiles, offsets=[0.0] * n_tiles, applied=False,
                                status="not_run")
@@ -472,10 +487,14 @@ def calibrate(backend: Backend, geometries: Sequence[TileGeometry], tile_ids: Se
 
     entries: list[PairFit] = []
     connectivity = np.zeros(n_tiles)
-    for k, pair in enumerate(kept):
-        fit = fit_pair(backend, pair, source, geometries[pair.i],
-                       geometries[pair.j], out_header, preview_size,
-                       opts.intertile_sky_percentile, opts.intertile_robust_clip_sigma)
+    measured = ordered_map(lambda pair: fit_pair(backend, pair, source, geometries[pair.i],
+                                                 geometries[pair.j], out_header, preview_size,
+                                                 opts.intertile_sky_percentile,
+                                                 opts.intertile_robust_clip_sigma),
+                           kept, workers)
+    for k, (pair, fit) in enumerate(measured):
+        if isinstance(fit, BaseException):
+            raise fit
         if progress:
             progress(k + 1, len(kept))
         if fit is None:
@@ -495,13 +514,18 @@ def calibrate(backend: Backend, geometries: Sequence[TileGeometry], tile_ids: Se
     recenter: Callable[[list[tuple[float, float]]], list[float]] | None = None
     if opts.intertile_global_recenter:
         def recenter_medians(values: list[tuple[float, float]]) -> list[float]:
-            medians = []
-            for t, (g, o) in enumerate(values):
+            def median(t: int) -> float:
+                g, o = values[t]
                 preview = backend.to_host(source.preview(t))
                 corrected = preview.astype(np.float32) * np.float32(g) + np.float32(o)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    medians.append(float(np.nanmedian(corrected)))
+                corrected = corrected[~np.isnan(corrected)]     # np.nanmedian, without its warning
+                return float(np.median(corrected)) if corrected.size else float("nan")
+
+            medians = []
+            for _, value in ordered_map(median, range(len(values)), workers):
+                if isinstance(value, BaseException):
+                    raise value
+                medians.append(value)
             return medians
 
         recenter = recenter_medians

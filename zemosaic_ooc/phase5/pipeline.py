@@ -553,7 +553,8 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
             progress.start("calibrate", 1, unit="pair")
             calibration = calibrate(backend, [geometry(t) for t in tiles], [t.tile_id for t in tiles],
                                     [t.tau for t in tiles], out_wcs, shape_hw, opts, source,
-                                    progress=lambda k, n: (progress.advance("calibrate", 0), rss.sample()))
+                                    progress=lambda k, n: (progress.advance("calibrate", 0), rss.sample()),
+                                    workers=workers)
             progress.finish("calibrate")
             for tile, g, o in zip(tiles, calibration.gains, calibration.offsets):
                 tile.gain, tile.offset = float(g), float(o)
