@@ -28,7 +28,16 @@ if [ -z "${SKIP_PYTEST:-}" ]; then
     tests/test_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log"
   echo "pytest rc ${PIPESTATUS[0]}"
 fi
-timeout "${CHECK_TIMEOUT:-450}" python3 tools/gpu_check.py --fixtures device_fixtures \
+WORK=/tmp/gpu_check_work
+timeout "${CHECK_TIMEOUT:-450}" python3 tools/gpu_check.py --fixtures "${FIXTURES:-device_fixtures}" \
   --synthetic "${SYNTHETIC:-4x4}" --tile-size "${TILE_SIZE:-2048}" --anchor "${ANCHOR:-2x2x1024}" \
-  --json "$OUT/gpu_check.json" 2>&1 | tee "$OUT/gpu_check.log"
+  --work "$WORK" --json "$OUT/gpu_check.json" 2>&1 | tee "$OUT/gpu_check.log"
 echo "gpu_check rc ${PIPESTATUS[0]}"
+# EXTRA_BLOCKS="0 1472": first-pass GPU runs of the synthetic set at these block sizes (0: the
+# planned one), on as many threads as gpu_check's runs, to see how the block size moves the time
+for b in ${EXTRA_BLOCKS:-}; do
+  extra=""; [ "$b" != "0" ] && extra="--block-size $b"
+  timeout 60 python3 tools/gpu_diag.py "$WORK/synthetic_${SYNTHETIC:-4x4}x${TILE_SIZE:-2048}" /tmp/extra.zarr \
+    --gpu on --first-pass --workers "$(nproc)" $extra --dump-every 50 > "$OUT/extra_block_$b.log" 2>&1
+  grep -E "^(RESULT|stages)" "$OUT/extra_block_$b.log" | cut -c1-200
+done

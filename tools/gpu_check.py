@@ -2,14 +2,15 @@
 
     python tools/gpu_check.py [--fixtures DIR] [--synthetic 4x4 --tile-size 2048]
                               [--pool-limit 16MiB] [--tolerance 1e-4] [--cpu-workers N]
-                              [--anchor 2x2x1024] [--json FILE]
+                              [--gpu-workers N] [--anchor 2x2x1024] [--json FILE]
 
 For every golden fixture and then a synthetic set (default 16 tiles of 2048² px) it runs
 the full default pipeline (inter-tile calibration, background matching, coadd, two-pass
 renormalisation, patchwork suppressor) three ways in one process, side by side:
 
 * CPU: the numpy backend on ``--cpu-workers`` threads (default: every core);
-* GPU: the CuPy backend (every block stage through the OOM guard); it must run with no
+* GPU: the CuPy backend (every block stage through the OOM guard) on ``--gpu-workers``
+  threads (default: as many as the CPU run: the host stages use every core); it must run with no
   replay and the GPU never disabled, or the check fails (a silent CPU fallback would
   make the parity meaningless);
 * GPU with a small memory-pool limit (``--pool-limit``) that forces real out-of-memory
@@ -132,7 +133,7 @@ def check_set(name: str, tiles: list[Path], work: Path, ns: argparse.Namespace,
         kwargs.update(two_pass_coverage_renorm=False, patchwork_suppressor_enabled=False)
     opts = Phase5Options(**kwargs)
     cpu_s, cpu_summary = timed_run(tiles, work / f"{name}_cpu.zarr", opts, workers=ns.cpu_workers)
-    gpu_s, gpu_summary = timed_run(tiles, work / f"{name}_gpu.zarr", opts,
+    gpu_s, gpu_summary = timed_run(tiles, work / f"{name}_gpu.zarr", opts, workers=ns.gpu_workers,
                                    device=cupy_backend(ns.gpu_budget))
     row: dict[str, Any] = {"set": name, "n_tiles": len(tiles), "first_pass_only": first_pass_only,
                            "shape_hw": list(cpu_summary.shape_hw), "cpu_s": cpu_s, "gpu_s": gpu_s,
@@ -204,7 +205,8 @@ def print_row(row: dict[str, Any]) -> None:
     if "seams" in row:
         print(f"{row['set']:26s} seam metric CPU {row['seams']['cpu']:.5f} GPU {row['seams']['gpu']:.5f}")
     print(f"{row['set']:26s} speed{' (first pass)' if row['first_pass_only'] else ''}: "
-          f"CPU {row['cpu_s']:.2f} s ({row['cpu_workers']} threads), GPU {row['gpu_s']:.2f} s, "
+          f"CPU {row['cpu_s']:.2f} s ({row['cpu_workers']} threads), GPU {row['gpu_s']:.2f} s "
+          f"({row['gpu_workers']} threads), "
           f"CPU/GPU {row['cpu_s'] / row['gpu_s']:.2f}x; moved {row['bytes_moved'] / 1e9:.2f} GB "
           f"({row['avg_GBps']:.2f} GB/s average) {'PASS' if row['pass'] else 'FAIL'}", flush=True)
     print(f"{'':26s} CPU stages " + ", ".join(f"{n} {s:.2f}" for n, s in row["cpu_stages"]))
@@ -222,10 +224,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="memory-pool limit of the GPU run (default: a share of free memory)")
     parser.add_argument("--tolerance", type=float, default=1e-4)
     parser.add_argument("--cpu-workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--gpu-workers", type=int, default=None,
+                        help="threads of the GPU run (default: --cpu-workers)")
     parser.add_argument("--anchor", default="", help="NXxNYxSIZE: also time the reproject anchor there")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--json", default=None, help="write every figure to this JSON file")
     ns = parser.parse_args(argv)
+    ns.gpu_workers = ns.gpu_workers or ns.cpu_workers
     if not cupy_available():
         print("gpu_check: no usable CUDA device (cupy missing or no device answers)", file=sys.stderr)
         return 2

@@ -150,6 +150,11 @@ def lagrange_taps(offsets: np.ndarray, step: int) -> np.ndarray:
                      (t + 1.0) * t * (t - 1.0) / 6.0])
 
 
+def node_count(n_pixels: int, step: int) -> int:
+    """Control nodes along an axis of ``n_pixels`` for nodes every ``step`` (see :func:`lagrange_matrix`)."""
+    return (n_pixels - 1) // step + 1 + 3
+
+
 def lagrange_matrix(n_pixels: int, step: int) -> tuple[np.ndarray, int]:
     """Weights (n_pixels × n_nodes) of 4-point Lagrange interpolation on nodes every ``step``.
 
@@ -157,8 +162,7 @@ def lagrange_matrix(n_pixels: int, step: int) -> tuple[np.ndarray, int]:
     lies in cell c = p // step between nodes c + 1 and c + 2, and uses nodes
     c .. c + 3.  Cubic polynomials are reproduced exactly.
     """
-    n_cells = (n_pixels - 1) // step + 1
-    n_nodes = n_cells + 3
+    n_nodes = node_count(n_pixels, step)
     matrix = np.zeros((n_pixels, n_nodes), dtype=np.float64)
     offsets = np.arange(n_pixels)
     cell = offsets // step
@@ -222,8 +226,7 @@ def map_region(geom: TileGeometry, out_wcs: Any, box: tuple[int, int, int, int],
         uu, vv = output_to_tile(geom, out_wcs, xs.ravel(), ys.ravel())
         uu, vv = uu.reshape(height, width), vv.reshape(height, width)
         return (uu, vv) if backend is None else (backend.asarray(uu), backend.asarray(vv))
-    wy, ny = lagrange_matrix(height, step)
-    wx, nx = lagrange_matrix(width, step)
+    ny, nx = node_count(height, step), node_count(width, step)
     node_y = y0 + (np.arange(ny) - 1.0) * step
     node_x = x0 + (np.arange(nx) - 1.0) * step
     gx, gy = np.meshgrid(node_x, node_y)
@@ -239,6 +242,7 @@ def map_region(geom: TileGeometry, out_wcs: Any, box: tuple[int, int, int, int],
     uu = _interpolate_nodes(nu, height, width, step, xp)
     vv = _interpolate_nodes(nv, height, width, step, xp)
     if bad_nodes.any():
+        wy, wx = lagrange_matrix(height, step)[0], lagrange_matrix(width, step)[0]
         touched = ((wy != 0).astype(np.float64) @ bad_nodes.astype(np.float64)
                    @ (wx != 0).astype(np.float64).T) > 0
         rows, cols = np.nonzero(touched)

@@ -16,6 +16,12 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
 
+#: every chunk is written as it is, even when it equals the fill value: zarr's test for that
+#: compares the whole chunk with the fill value on every write, which made writes about 4x
+#: slower (measured: 64 chunks of 736x736x3 float32, 1.44 s against 0.33 s); an all-fill chunk
+#: then takes its bytes on disk instead of none
+CHUNK_WRITE_CONFIG = {"write_empty_chunks": True}
+
 from ..errors import StoreError
 
 FINAL_ARRAYS = {
@@ -64,7 +70,8 @@ class MosaicStore:
         # no compression (float mosaics barely compress and it costs more than the I/O it saves);
         # a crc32c checksum, so a damaged chunk fails to read instead of giving wrong pixels
         return self.group.create_array(name, shape=shape, dtype=dtype, chunks=chunks,
-                                       fill_value=fill_value, compressors=[Crc32cCodec()])
+                                       fill_value=fill_value, compressors=[Crc32cCodec()],
+                                       config=CHUNK_WRITE_CONFIG)
 
     def array(self, name: str) -> zarr.Array:
         return self.group[name]

@@ -31,6 +31,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 
 from ..concurrency import ordered_map
 from ..errors import InputError, StoreError
+from .mosaic import CHUNK_WRITE_CONFIG
 
 log = logging.getLogger(__name__)
 
@@ -646,7 +647,7 @@ def _ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *, skip_b
         # uncompressed (read block by block many times) with a crc32c checksum per chunk
         data_arr = tile_group.create_array("data", shape=chw.shape, dtype="float32",
                                            chunks=(3, min(chunk, height), min(chunk, width)),
-                                           compressors=[Crc32cCodec()])
+                                           compressors=[Crc32cCodec()], config=CHUNK_WRITE_CONFIG)
         data_arr[...] = chw
         if cache is not None:
             cache.put((index, "data"), chw)
@@ -678,7 +679,8 @@ def _ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *, skip_b
                     log.warning("%s: %s", path, warn[-1])
                 alpha_arr = tile_group.create_array(
                     "alpha", shape=alpha.shape, dtype=alpha.dtype,
-                    chunks=(min(chunk, height), min(chunk, width)), compressors=[Crc32cCodec()])
+                    chunks=(min(chunk, height), min(chunk, width)), compressors=[Crc32cCodec()],
+                    config=CHUNK_WRITE_CONFIG)
                 alpha_arr[...] = alpha
                 if cache is not None:
                     cache.put((index, "alpha"), alpha)
