@@ -128,3 +128,36 @@ def test_the_first_device_task_of_a_stage_runs_alone_then_tasks_overlap():
     assert results == list(range(12))
     assert log[0][2] == 1 and log[1][2] == 1      # the second task began after the first ended
     assert peak[0] > 1                            # later tasks ran side by side
+
+
+def test_a_block_commit_runs_after_the_task_outside_the_device_slot():
+    """The host part of a block (its writes) does not hold a device slot; a replayed block is
+    committed too, with the host's result."""
+    from zemosaic_ooc.backend import numpy_backend
+    from zemosaic_ooc.fallback.guard import OomGuard
+    from zemosaic_ooc.phase5.pipeline import BlockRunner, _PeakRss
+    from zemosaic_ooc.progress import NullProgress
+
+    def inject(stage, box, backend):
+        if box == (2, 3, 0, 1):
+            raise DeviceOutOfMemory("injected")
+
+    guard = OomGuard(numpy_as_device_backend(), numpy_backend(), inject=inject)
+    guard.limit_device_tasks(1)
+    runner = BlockRunner(1, NullProgress(), _PeakRss(), None, guard)
+    slot_free_in_commit = []
+
+    def task(box, backend):
+        return backend.name
+
+    def commit(box, name):
+        free = guard._slots.acquire(blocking=False)
+        if free:
+            guard._slots.release()
+        slot_free_in_commit.append(free)
+        return (box[0], name)
+
+    boxes = [(k, k + 1, 0, 1) for k in range(4)]
+    results = runner.run("pass1", boxes, task, commit=commit)
+    assert slot_free_in_commit == [True] * 4
+    assert results == [(0, "cpu-as-device"), (1, "cpu-as-device"), (2, "cpu"), (3, "cpu-as-device")]

@@ -3,18 +3,24 @@
     python tools/gpu_check.py [--fixtures DIR] [--synthetic 4x4 --tile-size 2048]
                               [--pool-limit 16MiB] [--tolerance 1e-4] [--cpu-workers N]
                               [--gpu-workers N] [--anchor 2x2x1024] [--json FILE]
+                              [--no-full-synthetic] [--big-small-pool]
 
-For every golden fixture and then a synthetic set (default 16 tiles of 2048² px) it runs
-the full default pipeline (inter-tile calibration, background matching, coadd, two-pass
-renormalisation, patchwork suppressor) three ways in one process, side by side:
+In this order (speed first: a device call may end before the rest): the synthetic set
+(default 16 tiles of 2048² px), first pass only; the reproject anchor on a smaller set
+(``--anchor``); every golden fixture with the full default pipeline (inter-tile calibration,
+background matching, coadd, two-pass renormalisation, patchwork suppressor); the synthetic set
+with the full pipeline (``--no-full-synthetic`` skips it).  Each set runs three ways in one
+process, side by side:
 
 * CPU: the numpy backend on ``--cpu-workers`` threads (default: every core);
 * GPU: the CuPy backend (every block stage through the OOM guard) on ``--gpu-workers``
   threads (default: as many as the CPU run: the host stages use every core); it must run with no
   replay and the GPU never disabled, or the check fails (a silent CPU fallback would
   make the parity meaningless);
-* GPU with a small memory-pool limit (``--pool-limit``) that forces real out-of-memory
-  errors: the guard replays those blocks on the CPU; at least one must happen.
+* full pipeline only, GPU with a small memory-pool limit (``--pool-limit``) that forces real
+  out-of-memory errors: the guard replays those blocks on the CPU; at least one must happen
+  (on the synthetic set only with ``--big-small-pool``: after 3 OOMs its GPU is off, so that
+  run takes the CPU's minutes).
 
 Parity per channel: max |Δ| and RMS over the CPU mosaic's P99 − P1, on pixels valid in
 both, the valid masks must agree exactly, and the seam metric of both mosaics
@@ -126,8 +132,9 @@ def timed_run(tiles: list[Path], out: Path, opts: Phase5Options, **kwargs: Any) 
 
 
 def check_set(name: str, tiles: list[Path], work: Path, ns: argparse.Namespace,
-              first_pass_only: bool = False) -> dict[str, Any]:
-    """CPU, GPU and GPU-with-a-small-pool runs of one tile set; parity, seams and speed."""
+              first_pass_only: bool = False, small_pool: bool = True) -> dict[str, Any]:
+    """CPU, GPU and (full pipeline, ``small_pool``) GPU-with-a-small-pool runs of one tile set;
+    parity, seams and speed."""
     kwargs: dict[str, Any] = {"gpu": "off"}
     if first_pass_only:
         kwargs.update(two_pass_coverage_renorm=False, patchwork_suppressor_enabled=False)
@@ -154,6 +161,7 @@ def check_set(name: str, tiles: list[Path], work: Path, ns: argparse.Namespace,
     if not first_pass_only:
         row["seams"] = {"cpu": seam_value(work / f"{name}_cpu.zarr"),
                         "gpu": seam_value(work / f"{name}_gpu.zarr")}
+    if not first_pass_only and small_pool:
         # the GPU run's block size: planned for the small pool, blocks would shrink until they fit
         small_opts = Phase5Options(**kwargs, block_size=gpu_summary.block_size)
         _, small = timed_run(tiles, work / f"{name}_oom.zarr", small_opts,
@@ -172,6 +180,22 @@ def check_set(name: str, tiles: list[Path], work: Path, ns: argparse.Namespace,
     for suffix in ("cpu", "gpu"):
         shutil.rmtree(work / f"{name}_{suffix}.zarr", ignore_errors=True)
     return row
+
+
+def warm_up(work: Path, ns: argparse.Namespace) -> None:
+    """Untimed CPU and GPU full runs on a tiny set: the first run in a process imports
+    reproject, astropy's WCS machinery and zarr's codecs (about a second), and a GPU run
+    compiles or loads CuPy's kernels; the timed runs should pay neither."""
+    from zemosaic_ooc.demo import make_demo_tiles
+
+    t0 = time.perf_counter()
+    tiles = make_demo_tiles(work / "warm_up", nx=2, ny=2, tile_hw=(256, 288), seed=1)
+    timed_run(tiles, work / "warm_up_cpu.zarr", Phase5Options(gpu="off"), workers=ns.cpu_workers)
+    timed_run(tiles, work / "warm_up_gpu.zarr", Phase5Options(gpu="off"), workers=ns.gpu_workers,
+              device=cupy_backend(ns.gpu_budget))
+    for name in ("warm_up", "warm_up_cpu.zarr", "warm_up_gpu.zarr"):
+        shutil.rmtree(work / name, ignore_errors=True)
+    print(f"warm-up (imports, kernel compiles): {time.perf_counter() - t0:.1f} s", flush=True)
 
 
 def _passes(result: dict[str, Any], tolerance: float) -> bool:
@@ -226,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--gpu-workers", type=int, default=None,
                         help="threads of the GPU run (default: --cpu-workers)")
+    parser.add_argument("--full-synthetic", action=argparse.BooleanOptionalAction, default=True,
+                        help="also check the synthetic set with the full pipeline (last)")
+    parser.add_argument("--big-small-pool", action="store_true",
+                        help="also force OOMs on the synthetic set (its GPU is off after 3: CPU speed)")
     parser.add_argument("--anchor", default="", help="NXxNYxSIZE: also time the reproject anchor there")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--json", default=None, help="write every figure to this JSON file")
@@ -261,9 +289,10 @@ def main(argv: list[str] | None = None) -> int:
             Path(ns.json).write_text(json.dumps(report, indent=1, default=str))
 
     try:
-        for ref in sorted(Path(ns.fixtures).glob("*/ref.json")):
-            tiles = sorted(ref.parent.glob("master_tile_*.fits"))
-            attempt(ref.parent.name, lambda: check_set(ref.parent.name, tiles, work, ns))
+        warm_up(work, ns)
+        # speed first (a device call may end before the rest): the big set's first pass, then
+        # the anchor; then parity with forced OOMs on the fixtures; then the big set in full
+        synthetic = None
         if ns.synthetic:
             from zemosaic_ooc.demo import make_demo_tiles
 
@@ -273,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             tiles = make_demo_tiles(work / name, nx=nx, ny=ny, tile_hw=(ns.tile_size, ns.tile_size),
                                     overlap=0.15, seed=2, workers=os.cpu_count() or 1)
             print(f"{name}: generated in {time.perf_counter() - t0:.1f} s", flush=True)
-            attempt(name, lambda: check_set(name, tiles, work, ns))
+            synthetic = (name, tiles)
             attempt(name + " first pass", lambda: check_set(name, tiles, work, ns, first_pass_only=True))
         if ns.anchor:
             from zemosaic_ooc.demo import make_demo_tiles
@@ -301,6 +330,14 @@ def main(argv: list[str] | None = None) -> int:
                 return row
 
             attempt(aname, anchor_row)
+        for ref in sorted(Path(ns.fixtures).glob("*/ref.json")):
+            tiles = sorted(ref.parent.glob("master_tile_*.fits"))
+            attempt(ref.parent.name, lambda: check_set(ref.parent.name, tiles, work, ns))
+        if synthetic is not None and ns.full_synthetic:
+            name, tiles = synthetic
+            # the small-pool run falls back to the CPU after 3 OOMs: minutes on this set, so it
+            # runs on the fixtures only unless asked
+            attempt(name, lambda: check_set(name, tiles, work, ns, small_pool=ns.big_small_pool))
     finally:
         if not ns.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -36,7 +36,7 @@ from ..store.tiles import TileCache, TileStore, ingest_tiles
 from .background import background_offsets
 from .calibrate import CalibrationResult, calibrate
 from .corrected import corrected_calibration, corrected_to_json
-from .coadd import coadd_block, union_bbox
+from .coadd import BlockResult, coadd_block, union_bbox
 from .finish import alpha_source_index, alpha_u8, autocrop_window, finish_values
 from .grid import Box, compute_output_grid, grid_from_header, halo_superblocks, iter_blocks, reproject_box
 from .mapping import OutputGrid
@@ -240,6 +240,19 @@ def _cluster_call(task: Callable[..., Any], box: Box, backend: Backend, guarded:
 
 
 @dataclass
+class _Committed:
+    """A block task followed by its commit, as one callable (what a Dask worker runs)."""
+
+    task: Callable[..., Any]
+    commit: Callable[[Box, Any], Any]
+    guarded: bool
+
+    def __call__(self, box: Box, backend: Backend | None = None) -> Any:
+        result = self.task(box, backend) if self.guarded else self.task(box)
+        return self.commit(box, result)
+
+
+@dataclass
 class BlockRunner:
     """Runs a stage's block tasks on a thread pool, through the OOM guard, and journals them."""
 
@@ -254,12 +267,16 @@ class BlockRunner:
     client: Any = None           # a dask.distributed Client: tasks run on its workers
 
     def run(self, stage: str, boxes: Sequence[Box], task: Callable[..., Any], *,
-            guarded: bool = True, recover: Callable[[Box], Any] | None = None) -> list[Any]:
+            guarded: bool = True, recover: Callable[[Box], Any] | None = None,
+            commit: Callable[[Box, Any], Any] | None = None) -> list[Any]:
         """``task(box, backend)`` when ``guarded`` (device first, CPU replay on OOM), else ``task(box)``.
 
-        On resume, blocks the journal marks done are skipped (their result comes from
-        ``recover(box)``, which reads what the block wrote; a chunk whose checksum fails
-        makes the block run again).
+        ``commit(box, task result)``, when given, runs after the task on the same worker,
+        outside the guard: the host work of a block (writing its arrays) then does not hold
+        a device slot, nor the stage's first-task gate; its return value is the block's
+        result.  On resume, blocks the journal marks done are skipped (their result comes
+        from ``recover(box)``, which reads what the block wrote; a chunk whose checksum
+        fails makes the block run again).
         """
         done = self.journal.done_blocks(stage) if (self.resume and self.journal is not None) else set()
 
@@ -270,6 +287,8 @@ class BlockRunner:
                 backend_name, replay = outcome.backend, outcome.replay
             else:
                 result, backend_name, replay = task(box), self.guard.host.name, False
+            if commit is not None:
+                result = commit(box, result)
             return result, backend_name, time.perf_counter() - started, replay
 
         self.progress.start(stage, len(boxes))
@@ -285,8 +304,9 @@ class BlockRunner:
                     log.warning("%s block %s: stored result unreadable (%s); recomputing it",
                                 stage, _block_key(box), exc)
             todo.append(k)
+        remote_task = task if commit is None else _Committed(task, commit, guarded)
         for completed, (k, (result, backend_name, seconds, replay)) in enumerate(
-                self._execute(stage, boxes, todo, call, task, guarded), start=1):
+                self._execute(stage, boxes, todo, call, remote_task, guarded), start=1):
             results[k] = result
             if self.durable:
                 os.sync()          # --durable: the block's chunks reach the disk before "done"
@@ -606,9 +626,11 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     # instead of reading the stage arrays back
     held = MemoryShelf(int(opts.memory_budget) // MEMORY_SHARE)
 
-    def pass1_task(box: Box, be: Backend) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    def pass1_task(box: Box, be: Backend) -> BlockResult:
         samples = samples_cache.pop(box) if samples_cache is not None else None
-        result = coadd_block(be, tile_store, tiles, out_grid, box, samples=samples)
+        return coadd_block(be, tile_store, tiles, out_grid, box, samples=samples)
+
+    def pass1_commit(box: Box, result: BlockResult) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
         y0, y1, x0, x1 = box
         p1[y0:y1, x0:x1, :] = result.mosaic
         p1_cov[y0:y1, x0:x1] = result.coverage
@@ -623,7 +645,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         p1_union[y0:y1, x0:x1]
         return _coverage_extent(p1_cov[y0:y1, x0:x1], box, threshold)
 
-    extents = runner.run("pass1", blocks, pass1_task, recover=pass1_recover)
+    extents = runner.run("pass1", blocks, pass1_task, recover=pass1_recover, commit=pass1_commit)
     stages.append(("pass1", time.perf_counter() - t0))
 
     # ---- autocrop (§5.4) and finish (§5.5)
@@ -835,10 +857,12 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
                        fill_value=float("nan"))
     c2 = store.require("stages/pass2_coverage", (height, width), "float32", (block, block))
 
-    def pass2_task(box: Box, be: Backend) -> None:
+    def pass2_task(box: Box, be: Backend) -> BlockResult:
+        return coadd_block(be, tile_store, tiles, out_grid, box,
+                           offsets_attr="bg_offsets_pass2", with_union=False, two_pass=True)
+
+    def pass2_commit(box: Box, result: BlockResult) -> None:
         y0, y1, x0, x1 = box
-        result = coadd_block(be, tile_store, tiles, out_grid, box,
-                             offsets_attr="bg_offsets_pass2", with_union=False, two_pass=True)
         cov = np.where(np.isfinite(result.coverage), result.coverage, np.float32(0.0))
         mos = np.where(np.isfinite(result.mosaic), result.mosaic, np.float32(np.nan))
         mos[cov <= 0] = np.nan
@@ -850,7 +874,7 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         m2[y0:y1, x0:x1, :]
         c2[y0:y1, x0:x1]
 
-    runner.run("pass2", blocks, pass2_task, recover=pass2_recover)
+    runner.run("pass2", blocks, pass2_task, recover=pass2_recover, commit=pass2_commit)
 
     def luminance_values(box: Box) -> np.ndarray:
         y0, y1, x0, x1 = box
