@@ -78,3 +78,52 @@ def test_device_tasks_at_once_follow_the_slots_and_the_mosaic_is_the_cpus(tmp_pa
     assert state["peak"] == 2                              # the workers did contend for the slots
     assert summary.device["replays"] == 0
     assert_same_mosaic(read_store_window(tmp_path / "dev.zarr"), read_store_window(tmp_path / "cpu.zarr"))
+
+
+def test_device_blocks_are_larger_when_the_device_holds_the_samples():
+    """The host's share of a device block (results, writes, finish) is smaller than the CPU's
+    working set, so with ample VRAM a device run gets larger blocks for the same budget."""
+    from zemosaic_ooc.phase5.pipeline import (BYTES_PER_BLOCK_PIXEL, DEVICE_HOST_BYTES_PER_BLOCK_PIXEL,
+                                              host_replay_slots)
+
+    opts = Phase5Options()                                   # the 2 GiB default
+    cpu_side = choose_block_size(opts, 16, (7338, 7327))
+    device_side = choose_block_size(opts, 16, (7338, 7327), device_budget=db.task_budget(48 << 30))
+    assert device_side > cpu_side
+    # every worker's host share of a device block fits half the budget
+    assert 16 * DEVICE_HOST_BYTES_PER_BLOCK_PIXEL * device_side ** 2 <= opts.memory_budget // 2
+    # CPU replays of device blocks run fewer at once, within the same half of the budget
+    slots = host_replay_slots(opts, device_side, 16)
+    assert 1 <= slots < 16
+    assert slots * BYTES_PER_BLOCK_PIXEL * device_side ** 2 <= opts.memory_budget // 2
+    assert host_replay_slots(opts, cpu_side, 16) == 16
+
+
+def test_tasks_on_the_host_in_a_device_run_honour_the_host_slots():
+    """Once the device is off, every block runs on the CPU: at most the host slots at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from zemosaic_ooc.backend import DeviceError, numpy_backend
+    from zemosaic_ooc.fallback.guard import OomGuard
+
+    def inject(stage, box, backend):
+        raise DeviceError("injected: the device is gone")
+
+    guard = OomGuard(numpy_as_device_backend(), numpy_backend(), inject=inject)
+    guard.limit_host_tasks(2)
+    lock, state = threading.Lock(), {"now": 0, "peak": 0}
+
+    def task(box, backend):
+        with lock:
+            state["now"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+        time.sleep(0.02)
+        with lock:
+            state["now"] -= 1
+        return backend.name
+
+    with ThreadPoolExecutor(6) as pool:
+        names = list(pool.map(lambda k: guard.run("pass1", k, task)[0], range(12)))
+    assert names == ["cpu"] * 12 and guard.disabled_reason
+    assert state["peak"] == 2
+    assert guard.summary()["host_slots"] == 2

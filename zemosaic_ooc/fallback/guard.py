@@ -50,6 +50,8 @@ class OomGuard:
     device_slots: int | None = None       # device tasks at once (None: as many as workers)
     device_plan: dict = field(default_factory=dict)
     _slots: threading.BoundedSemaphore | None = None
+    host_slots: int | None = None         # guarded tasks on the host at once (None: as many as workers)
+    _host_slots: threading.BoundedSemaphore | None = None
     _warned: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -60,7 +62,8 @@ class OomGuard:
     def run(self, stage: str, box: Any, task: Callable[[Any, Backend], Any]) -> tuple[Any, BlockOutcome]:
         """Run ``task(box, backend)`` on the device if active, else (or on failure) on the host."""
         if not self.device_active:
-            return task(box, self.host), BlockOutcome(self.host.name, False)
+            with self._host_slot():
+                return task(box, self.host), BlockOutcome(self.host.name, False)
         device = self.device
         try:
             with self._device_slot(), self._first_of_stage(stage):
@@ -80,7 +83,8 @@ class OomGuard:
             failure = f"{type(exc).__name__}: {exc}"
         # outside the handler: the failed attempt's traceback (and its device arrays) is gone
         device.free_memory()
-        result = task(box, self.host)
+        with self._host_slot():
+            result = task(box, self.host)
         with self._lock:
             self.replays += 1
             self.replays_by_stage[stage] = self.replays_by_stage.get(stage, 0) + 1
@@ -93,6 +97,21 @@ class OomGuard:
         self.device_slots = max(1, int(slots))
         self.device_plan = dict(plan)
         self._slots = threading.BoundedSemaphore(self.device_slots)
+
+    def limit_host_tasks(self, slots: int) -> None:
+        """Let at most ``slots`` guarded tasks run on the host at once (replays, and every task
+        once the device is off): a device run's blocks are sized for the device and the host's
+        share of them, and the CPU's working set of such a block is larger."""
+        self.host_slots = max(1, int(slots))
+        self._host_slots = threading.BoundedSemaphore(self.host_slots)
+
+    @contextlib.contextmanager
+    def _host_slot(self) -> Iterator[None]:
+        if self._host_slots is None:
+            yield
+            return
+        with self._host_slots:
+            yield
 
     @contextlib.contextmanager
     def _device_slot(self) -> Iterator[None]:
@@ -142,7 +161,8 @@ class OomGuard:
                                "oom_strikes": self.strikes, "replays": self.replays,
                                "replays_by_stage": dict(self.replays_by_stage),
                                "disabled_reason": self.disabled_reason,
-                               "device_slots": self.device_slots, **self.device_plan}
+                               "device_slots": self.device_slots, "host_slots": self.host_slots,
+                               **self.device_plan}
         if self.device is not None:
             out.update(self.device.transfer_summary())
             if self.device.resident is not None:

@@ -47,6 +47,10 @@ from .resident import ResidentTiles, resident_bytes
 log = logging.getLogger(__name__)
 
 BYTES_PER_BLOCK_PIXEL = 220   # working set of a pass-1 block task per output pixel (measured)
+#: host working set per block pixel of a run whose block stages are on a device: the host
+#: holds a block's results and writes them (commits 12–28 B/px), finishes and merges blocks
+#: (29–62 B/px; tracemalloc, full blocks of 256 and 512 px), the samples stay on the device
+DEVICE_HOST_BYTES_PER_BLOCK_PIXEL = 80
 MEMORY_SHARE = 4  # each in-memory hand-over (tile cache, background differences, block samples,
                   # pass-1 blocks for finish) may hold up to 1/4 of the memory budget
 
@@ -153,12 +157,17 @@ def choose_block_size(opts: Phase5Options, workers: int, shape_hw: tuple[int, in
     With the grid shape, the budget's side is lowered to split the grid into blocks of
     even size (a multiple of 16): edge chunks are stored whole, so a 2176 px block on a
     2467 px grid would write 3× the mosaic, and uneven blocks leave workers idle.  With a
-    device, a block must also fit its VRAM budget (:func:`~..device_budget.max_block_side`).
+    device, a block must also fit its VRAM budget (:func:`~..device_budget.max_block_side`),
+    and the host holds less of it (:data:`DEVICE_HOST_BYTES_PER_BLOCK_PIXEL`): device blocks
+    are larger (a device task has a fixed host cost, so small blocks cost it more; measured
+    on an H100, 16×2048² first pass, 16 threads: 496 px blocks 12.0 s, 1472 px 9.6 s).  CPU
+    replays of such blocks then run fewer at a time (:func:`host_replay_slots`).
     """
     if opts.block_size:
         return int(opts.block_size)
     budget = int(opts.memory_budget)
-    pixels = budget / (max(1, workers) * BYTES_PER_BLOCK_PIXEL * 2)
+    per_pixel = BYTES_PER_BLOCK_PIXEL if device_budget is None else DEVICE_HOST_BYTES_PER_BLOCK_PIXEL
+    pixels = budget / (max(1, workers) * per_pixel * 2)
     side = int(math.sqrt(max(pixels, 1)))
     side = max(128, min(4096, (side // 128) * 128))
     if device_budget is not None:
@@ -167,6 +176,14 @@ def choose_block_size(opts: Phase5Options, workers: int, shape_hw: tuple[int, in
         even = max(math.ceil(n / math.ceil(n / side)) for n in shape_hw)
         side = max(128, min(side, math.ceil(even / 16) * 16))
     return side
+
+
+def host_replay_slots(opts: Phase5Options, block: int, workers: int) -> int:
+    """How many block tasks may run on the CPU at once in a device run (replays, and every
+    task once the device is off): what half the memory budget holds of the CPU's working set
+    (:data:`BYTES_PER_BLOCK_PIXEL`), 1 … ``workers``."""
+    fits = int(opts.memory_budget) // (2 * BYTES_PER_BLOCK_PIXEL * block * block)
+    return max(1, min(int(workers), int(fits)))
 
 
 def _store_differences(output: Path, tile_paths: Sequence[str | Path], opts: Phase5Options) -> str:
@@ -540,6 +557,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         most_tiles = tiles_per_block([t.box for t in tiles], blocks)
         guard.limit_device_tasks(device_slots(task_budget(device.budget_bytes), block * block, most_tiles, workers),
                                  task_bytes=task_bytes(block * block, most_tiles), tiles_per_block=most_tiles)
+        guard.limit_host_tasks(host_replay_slots(opts, block, workers))
         # the prepared tiles stay on the device while they fit their share (phase5/resident.py)
         device.resident = ResidentTiles(resident_capacity(device.budget_bytes,
                                                           sum(resident_bytes(t) for t in tiles)))
