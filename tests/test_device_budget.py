@@ -12,6 +12,24 @@ from zemosaic_ooc.options import Phase5Options
 from zemosaic_ooc.phase5.pipeline import choose_block_size, run_pipeline
 
 
+class _Concurrency:
+    """Counts the threads inside ``with probe:`` at once; ``peak`` is the most seen."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now = self.peak = 0
+
+    def __enter__(self) -> "_Concurrency":
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self.now -= 1
+
+
 def test_task_estimate_grows_with_block_area_and_tiles():
     assert db.task_bytes(100, 2) == 100 * (db.BYTES_PER_PIXEL + 2 * db.BYTES_PER_PIXEL_PER_TILE)
     assert db.task_bytes(200, 2) == 2 * db.task_bytes(100, 2)
@@ -62,20 +80,16 @@ def test_device_tasks_at_once_follow_the_slots_and_the_mosaic_is_the_cpus(tmp_pa
     assert summary.device["device_slots"] == 4           # the default 2 GiB holds every worker's task
     # a budget whose task share holds 2.5 block tasks of the plan's estimate: two at once
     budget = int(2.5 * summary.device["task_bytes"] / (db.USABLE_SHARE * db.TASK_SHARE))
-    lock, state = threading.Lock(), {"now": 0, "peak": 0}
+    probe = _Concurrency()
 
     def inject(stage, box, backend):
-        with lock:
-            state["now"] += 1
-            state["peak"] = max(state["peak"], state["now"])
-        time.sleep(0.01)
-        with lock:
-            state["now"] -= 1
+        with probe:
+            time.sleep(0.01)
 
     summary = run_pipeline(tiles, tmp_path / "dev.zarr", opts, workers=4,
                            device=numpy_as_device_backend(budget_bytes=budget), fault_injector=inject)
     assert summary.device["device_slots"] == 2
-    assert state["peak"] == 2                              # the workers did contend for the slots
+    assert probe.peak == 2                                 # the workers did contend for the slots
     assert summary.device["replays"] == 0
     assert_same_mosaic(read_store_window(tmp_path / "dev.zarr"), read_store_window(tmp_path / "cpu.zarr"))
 
@@ -111,19 +125,15 @@ def test_tasks_on_the_host_in_a_device_run_honour_the_host_slots():
 
     guard = OomGuard(numpy_as_device_backend(), numpy_backend(), inject=inject)
     guard.limit_host_tasks(2)
-    lock, state = threading.Lock(), {"now": 0, "peak": 0}
+    probe = _Concurrency()
 
     def task(box, backend):
-        with lock:
-            state["now"] += 1
-            state["peak"] = max(state["peak"], state["now"])
-        time.sleep(0.02)
-        with lock:
-            state["now"] -= 1
+        with probe:
+            time.sleep(0.02)
         return backend.name
 
     with ThreadPoolExecutor(6) as pool:
         names = list(pool.map(lambda k: guard.run("pass1", k, task)[0], range(12)))
     assert names == ["cpu"] * 12 and guard.disabled_reason
-    assert state["peak"] == 2
+    assert probe.peak == 2
     assert guard.summary()["host_slots"] == 2

@@ -62,11 +62,11 @@ class OomGuard:
     def run(self, stage: str, box: Any, task: Callable[[Any, Backend], Any]) -> tuple[Any, BlockOutcome]:
         """Run ``task(box, backend)`` on the device if active, else (or on failure) on the host."""
         if not self.device_active:
-            with self._host_slot():
+            with self._holding(self._host_slots):
                 return task(box, self.host), BlockOutcome(self.host.name, False)
         device = self.device
         try:
-            with self._device_slot(), self._first_of_stage(stage):
+            with self._holding(self._slots), self._first_of_stage(stage):
                 if self.inject is not None:
                     self.inject(stage, box, device)
                 with device.task_stream():
@@ -83,7 +83,7 @@ class OomGuard:
             failure = f"{type(exc).__name__}: {exc}"
         # outside the handler: the failed attempt's traceback (and its device arrays) is gone
         device.free_memory()
-        with self._host_slot():
+        with self._holding(self._host_slots):
             result = task(box, self.host)
         with self._lock:
             self.replays += 1
@@ -105,20 +105,14 @@ class OomGuard:
         self.host_slots = max(1, int(slots))
         self._host_slots = threading.BoundedSemaphore(self.host_slots)
 
+    @staticmethod
     @contextlib.contextmanager
-    def _host_slot(self) -> Iterator[None]:
-        if self._host_slots is None:
+    def _holding(slots: threading.BoundedSemaphore | None) -> Iterator[None]:
+        """Hold one of ``slots`` (no limit when None)."""
+        if slots is None:
             yield
             return
-        with self._host_slots:
-            yield
-
-    @contextlib.contextmanager
-    def _device_slot(self) -> Iterator[None]:
-        if self._slots is None:
-            yield
-            return
-        with self._slots:
+        with slots:
             yield
 
     @contextlib.contextmanager

@@ -13,7 +13,7 @@ import numpy as np
 from ..backend import Backend
 from ..store.tiles import TileRecord, TileStore
 from .mapping import TileGeometry, crop_margins
-from .prep import TilePlan, normalized_alpha, prepare_region, soft_weight, tile_weights_v4
+from .prep import TilePlan, alpha_weight, prepare_region, tile_weights_v4
 
 
 def build_tile_plans(records: list[TileRecord], opts: Any) -> list[TilePlan]:
@@ -68,7 +68,7 @@ def nan_threshold(backend: Backend, store: TileStore, tile: TilePlan, *,
             data, alpha = read_raw_region(store, tile, (r0, min(h, r0 + rows_per_strip)), (0, w),
                                           with_data=not tile.has_alpha)
             if tile.has_alpha:
-                mask = soft_weight(backend, normalized_alpha(backend, backend.asarray(alpha), tile), tile)
+                mask = alpha_weight(backend, backend.asarray(alpha), tile)
             else:
                 _, mask, _ = prepare_region(backend, backend.asarray(data), None, tile,
                                             apply_gain_offset=False, want_weight=False)

@@ -119,6 +119,11 @@ def soft_weight(backend: Backend, alpha: Any, tile: TilePlan) -> Any:
     return (alpha > 0.5).astype(xp.float32)
 
 
+def alpha_weight(backend: Backend, raw_alpha: Any, tile: TilePlan) -> Any:
+    """§2.2 + §2.4: a_t (float32) of a tile with ALPHA, from the raw ALPHA plane."""
+    return soft_weight(backend, normalized_alpha(backend, raw_alpha, tile), tile)
+
+
 def prepare_region(backend: Backend, raw_data: Any, raw_alpha: Any | None, tile: TilePlan, *,
                    apply_gain_offset: bool = True, want_weight: bool = True) -> tuple[Any, Any, Any]:
     """§2.4–§2.8 and §3.9 P9 on a region: returns (data, mask m, weight ω).
@@ -130,8 +135,7 @@ def prepare_region(backend: Backend, raw_data: Any, raw_alpha: Any | None, tile:
     xp = backend.xp
     data = xp.array(raw_data, dtype=xp.float32, copy=True)
     if tile.has_alpha and raw_alpha is not None:
-        alpha = normalized_alpha(backend, raw_alpha, tile)
-        weight = soft_weight(backend, alpha, tile)
+        weight = alpha_weight(backend, raw_alpha, tile)
         data = xp.where((weight > 0)[None], data, xp.float32(0.0))   # data[:, ~(w > 0)] = 0
         mask = weight
         base_weight = weight
