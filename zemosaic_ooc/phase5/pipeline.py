@@ -849,15 +849,20 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
     else:
         gains = []
         progress.start("two-pass gains", len(tiles), unit="tile")
-        for tile in tiles:
-            gamma, _, _ = runner.guard.call(
+
+        def gain_of(tile: TilePlan) -> tuple[float, int, int]:
+            return runner.guard.call(
                 "two-pass gains", tile.index,
-                lambda _, be, tile=tile: tile_gain(be, tile_store, tile, out_grid, read_maps,
-                                                   opts.two_pass_cov_gain_clip,
-                                                   strip_pixels=strip_pixels(int(opts.memory_budget))))
+                lambda _, be: tile_gain(be, tile_store, tile, out_grid, read_maps, opts.two_pass_cov_gain_clip,
+                                        strip_pixels=strip_pixels(int(opts.memory_budget))))
+
+        # each tile's median scans its own box strip by strip: the tiles run side by side
+        for tile, found in ordered_map(gain_of, tiles, runner.workers):
+            if isinstance(found, BaseException):
+                raise found
             rss.sample()
-            tile.two_pass_gain = gamma
-            gains.append(gamma)
+            tile.two_pass_gain = found[0]
+            gains.append(found[0])
             progress.advance("two-pass gains")
         progress.finish("two-pass gains")
         strip = strip_pixels(int(opts.memory_budget))
@@ -900,7 +905,8 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         lum = m1[y0:y1, x0:x1, :].mean(axis=2, dtype=np.float32)[valid]
         return lum[np.isfinite(lum)]
 
-    p5 = exact_percentiles(blocks, luminance_values, [5.0])[0]
+    p5 = exact_percentiles(blocks, luminance_values, [5.0], workers=runner.workers,
+                           cache_bytes=int(opts.memory_budget) // MEMORY_SHARE)[0]
     info: dict[str, Any] = {"enabled": True, "ran": True, "gains": gains, "p5": p5,
                             "background_offsets_pass2": [list(t.bg_offsets_pass2) for t in tiles]}
     if not math.isfinite(p5):
@@ -989,6 +995,10 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
     wblocks = in_window(blocks)
     wgroups = in_window(groups)
 
+    def percentiles(boxes: list[Box], values_of: Callable[[Box], np.ndarray], qs: list[float]) -> list[float]:
+        return exact_percentiles(boxes, values_of, qs, workers=runner.workers,
+                                 cache_bytes=int(opts.memory_budget) // MEMORY_SHARE)
+
     def read(box: Box, halo: int = 0, be: Backend = backend):
         y0, y1, x0, x1 = box
         gy0, gy1, gx0, gx1 = max(0, y0 - halo), min(height, y1 + halo), max(0, x0 - halo), min(width, x1 + halo)
@@ -1003,12 +1013,17 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
         valid = pw.valid_mask(backend, m, c, a)
         return backend.to_host(pw.luminance(backend, m)[valid])
 
-    median_y = exact_percentiles(wblocks, y_values, [50.0])[0]
+    median_y = percentiles(wblocks, y_values, [50.0])[0]
     if not np.isfinite(median_y):          # no valid pixel at all
         info["note"] = "no valid pixel (no-op)"
         return info
-    max_c = max(float(np.nanmax(np.nan_to_num(coverage[wy0 + b[0]:wy0 + b[1], wx0 + b[2]:wx0 + b[3]])))
-                for b in wblocks)
+    block_maxima = ordered_map(lambda b: float(np.nanmax(np.nan_to_num(
+        coverage[wy0 + b[0]:wy0 + b[1], wx0 + b[2]:wx0 + b[3]]))), wblocks, runner.workers)
+    max_c = -np.inf
+    for _, block_max in block_maxima:
+        if isinstance(block_max, BaseException):
+            raise block_max
+        max_c = max(max_c, block_max)
     if not max_c > 0:
         info["note"] = "coverage is zero everywhere (no-op)"
         return info
@@ -1024,7 +1039,7 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
         g, valid, inner = gradient_block(box, 1)
         return backend.to_host(g[inner][valid[inner]])
 
-    g99 = exact_percentiles(wblocks, g_values, [99.0])[0]
+    g99 = percentiles(wblocks, g_values, [99.0])[0]
     if not (np.isfinite(g99) and g99 > 1e-9):
         info["note"] = "seam gradient P99 is zero (no-op)"
         return info
@@ -1053,11 +1068,11 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
         valid = pw.valid_mask(backend, m, c, a)
         return backend.to_host(backend.xp.abs(pw.filled_luminance(backend, m, valid, median_y)[valid]))
 
-    cap = exact_percentiles(wblocks, abs_delta_values, [99.5])[0]
+    cap = percentiles(wblocks, abs_delta_values, [99.5])[0]
     if not (np.isfinite(cap) and cap > 1e-9):
         info["note"] = "|delta| P99.5 is zero (no-op)"
         return info
-    eps = max(1e-6, 0.05 * exact_percentiles(wblocks, abs_y_values, [5.0])[0])
+    eps = max(1e-6, 0.05 * percentiles(wblocks, abs_y_values, [5.0])[0])
     info.update(median_y=median_y, max_coverage=max_c, g99=g99, cap=cap, eps=eps)
 
     def correct_task(box: Box, be: Backend) -> None:
