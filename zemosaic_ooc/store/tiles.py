@@ -13,10 +13,12 @@ budget, so the many region reads of a run are views instead of zarr reads.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import os
+import shutil
 import threading
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -137,10 +139,9 @@ def tile_identifier(header: fits.Header, index: int) -> str:
 
 
 def _file_checksum(path: Path) -> str:
+    """SHA-256 of the file's bytes (hex): a tile's identity in duplicate checks and on resume."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+    _feed_file(path, digest)
     return digest.hexdigest()
 
 
@@ -169,9 +170,11 @@ def _scaled(header: fits.Header) -> bool:
     return float(header.get("BSCALE", 1.0)) != 1.0 or float(header.get("BZERO", 0.0)) != 0.0
 
 
-def read_tile_fits(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, fits.Header, int]:
+def read_tile_fits(path: str | Path, digest: Any = None) -> tuple[np.ndarray, np.ndarray | None, fits.Header, int]:
     """Read one master tile: (C, H, W) float32 native, raw ALPHA or None, header, input channels.
 
+    ``digest`` (a ``hashlib`` object), when given, is fed every byte of the file: for the
+    common layout (big-endian float32 RGB) from the same single read that gives the data.
     Raises :class:`InputError` naming the file for anything unusable.
     """
     path = Path(path)
@@ -199,9 +202,8 @@ def read_tile_fits(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, fit
                 view, n_in = _as_chw(data, path)
                 if view is data and data.dtype == np.dtype(">f4") and not _scaled(header):
                     # the common layout: one read() of the big-endian bytes, swapped in place
-                    chw = np.fromfile(path, dtype=">f4", count=data.size,
-                                      offset=hdul.fileinfo(0)["datLoc"]).reshape(data.shape)
-                    chw = chw.byteswap(inplace=True).view(np.float32)
+                    chw = _read_big_endian_f4(path, hdul.fileinfo(0)["datLoc"], data.shape, digest)
+                    digest = None                                  # fed already
                 else:
                     # one native float32 copy, made while the file is open (no intermediate copies)
                     chw = np.ascontiguousarray(view, dtype=np.float32)
@@ -221,7 +223,38 @@ def read_tile_fits(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, fit
         else:
             problem = "cannot be read as FITS"
         raise InputError(path, f"{problem} ({exc.__class__.__name__}: {exc})") from exc
+    if digest is not None:
+        _feed_file(path, digest)
     return chw, alpha, header, n_in
+
+
+def _feed_file(path: Path, digest: Any, fh: Any = None) -> None:
+    """Feed ``digest`` the rest of ``fh`` (or the whole file at ``path``), 1 MiB at a time."""
+    if fh is None:
+        with open(path, "rb") as whole:
+            _feed_file(path, digest, whole)
+        return
+    for piece in iter(lambda: fh.read(1 << 20), b""):
+        digest.update(piece)
+
+
+def _read_big_endian_f4(path: Path, data_offset: int, shape: tuple[int, ...], digest: Any) -> np.ndarray:
+    """The big-endian float32 array at ``data_offset`` as native float32, in one read (no copy);
+    ``digest`` (or None) gets every byte of the file on the way."""
+    buffer = bytearray(4 * math.prod(shape))
+    with open(path, "rb") as fh:
+        if digest is None:
+            fh.seek(data_offset)
+        else:
+            digest.update(fh.read(data_offset))
+        got = fh.readinto(buffer)
+        if got != len(buffer):
+            raise InputError(path, "truncated or corrupt FITS (the data is shorter than its header says)")
+        if digest is not None:
+            digest.update(buffer)
+            _feed_file(path, digest, fh)
+    big_endian = np.frombuffer(buffer, dtype=">f4").reshape(shape)
+    return big_endian.byteswap(inplace=True).view(np.float32)
 
 
 def validate_wcs(header: fits.Header, path: Path) -> WCS:
@@ -530,15 +563,87 @@ class TileStore:
 
 
 def _inspect_tile(path: Path) -> tuple[np.ndarray, np.ndarray | None, fits.Header, int, WCS, str, Any]:
-    """The checks of one tile on its own (no cross-tile rule): arrays, header, WCS, checksum, footprint."""
-    chw, alpha, header, n_in = read_tile_fits(path)
+    """The checks of one tile on its own (no cross-tile rule): arrays, header, WCS, checksum, footprint.
+
+    The file is read once: the checksum comes from the bytes that give the data."""
+    digest = hashlib.sha256()
+    chw, alpha, header, n_in = read_tile_fits(path, digest=digest)
     wcs = validate_wcs(header, path)
     if not np.any(np.isfinite(chw)):
         raise InputError(path, "every pixel is NaN or infinite (empty tile)")
     if _alpha_all_zero(alpha, chw.shape[1:]):
         raise InputError(path, "ALPHA is zero everywhere: the tile contributes nothing "
                                "(empty tile)")
-    return chw, alpha, header, n_in, wcs, _file_checksum(path), sky_footprint(wcs, chw.shape[1:])
+    return chw, alpha, header, n_in, wcs, digest.hexdigest(), sky_footprint(wcs, chw.shape[1:])
+
+
+@dataclass
+class _StagedTile:
+    """A tile read, checked on its own and written under the store's ``staging/<position>``."""
+
+    record: TileRecord               # index and tile_id set once the cross-tile checks have placed it
+    header: fits.Header
+    footprint: Any
+    n_in: int
+    arrays: dict[str, np.ndarray]    # what the cache may keep: "data" and, when usable, "alpha"
+
+
+def _stage_tile(group: zarr.Group, position: int, path: Path, chunk: int) -> _StagedTile:
+    """:func:`_inspect_tile`, then the tile's arrays written under ``staging/<position>``."""
+    chw, alpha, header, n_in, _, checksum, footprint = _inspect_tile(path)
+    _, height, width = chw.shape
+    tile_group = group.require_group(f"staging/{position}")
+    # uncompressed (read block by block many times) with a crc32c checksum per chunk
+    data_arr = tile_group.create_array("data", shape=chw.shape, dtype="float32",
+                                       chunks=(3, min(chunk, height), min(chunk, width)),
+                                       compressors=[Crc32cCodec()], config=CHUNK_WRITE_CONFIG)
+    data_arr[...] = chw
+    arrays = {"data": chw}
+    has_alpha = alpha is not None
+    alpha_usable = False
+    alpha_max = None
+    warn: list[str] = []
+    if has_alpha:
+        squeezed = np.squeeze(alpha)
+        if squeezed.ndim == 3 and squeezed.shape[0] == 1:
+            squeezed = squeezed[0]
+        alpha_usable = squeezed.shape == (height, width)
+        if not alpha_usable:
+            warn.append(f"ALPHA shape {alpha.shape} differs from the data's {(height, width)}: "
+                        "ignored (as ZeMosaic does)")
+            log.warning("%s: %s", path, warn[-1])
+            has_alpha = False
+        else:
+            alpha = squeezed
+            finite = alpha[np.isfinite(alpha)] if alpha.dtype.kind == "f" else alpha
+            alpha_max = float(finite.max()) if finite.size else 0.0
+            if alpha.dtype.kind == "f" and alpha_max <= 1.0:
+                warn.append("float ALPHA in [0, 1]: ZeMosaic's alpha union reads it as all "
+                            "zero, so the whole mosaic is NaN (reproduced; write ALPHA as "
+                            "uint8 0..255)")
+                log.warning("%s: %s", path, warn[-1])
+            if alpha_max <= 0:
+                warn.append("ALPHA is zero everywhere: the tile contributes nothing")
+                log.warning("%s: %s", path, warn[-1])
+            alpha_arr = tile_group.create_array(
+                "alpha", shape=alpha.shape, dtype=alpha.dtype,
+                chunks=(min(chunk, height), min(chunk, width)), compressors=[Crc32cCodec()],
+                config=CHUNK_WRITE_CONFIG)
+            alpha_arr[...] = alpha
+            arrays["alpha"] = alpha
+    if n_in == 1:
+        warn.append("mono tile copied into three identical channels (no ZeMosaic behaviour)")
+    for text in frame_count_warnings(header):
+        warn.append(text)
+        log.warning("%s: %s", path, text)
+    record = TileRecord(
+        index=-1, source=str(path.resolve()), tile_id="", shape_hw=(int(height), int(width)),
+        header=header.tostring(), n_channels_in=n_in, has_alpha=has_alpha,
+        alpha_dtype=str(alpha.dtype) if has_alpha else None,
+        alpha_max=alpha_max, alpha_usable=alpha_usable,
+        nframes_raw=frame_count(header), empty_flag=bool(header.get("ZMT_EMPT", False)),
+        checksum=checksum, bytes=int(chw.nbytes), warnings=warn)
+    return _StagedTile(record, header, footprint, n_in, arrays)
 
 
 def _prefetch(paths: Sequence[Path], workers: int, memory_budget: int | None) -> int:
@@ -558,13 +663,17 @@ def ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *,
                  workers: int = 1, memory_budget: int | None = None) -> TileStore:
     """Validate and copy master tiles into a TileStore at ``store_path``.
 
-    Every tile is validated before anything is written, so a bad tile never
-    leaves a half-made store.  With ``skip_bad`` a bad tile is skipped with a
-    warning (ZeMosaic's behaviour, §0.3); otherwise the first bad tile raises
-    :class:`InputError`.  The arrays written also go into ``cache`` (where they fit),
-    keyed by their index in the store.  Tiles are read and checked, then written, on
-    ``workers`` threads, a few at a time (within a quarter of ``memory_budget``); the
-    checks and their messages come in input order, as with one thread.
+    Every tile is read once: its checksum, checks and arrays come from the same bytes,
+    and it is written to a staging store (``<store_path>.partial``) as soon as its own
+    checks pass; the store takes its place at ``store_path`` only once every tile,
+    including the cross-tile rules (duplicates, channel counts, isolated tiles), has
+    been checked, so a bad tile never leaves a half-made store (nor touches an old one).
+    With ``skip_bad`` a bad tile is skipped with a warning (ZeMosaic's behaviour, §0.3);
+    otherwise the first bad tile raises :class:`InputError`.  The arrays written also go
+    into ``cache`` (where they fit), keyed by their index in the store.  Tiles are read,
+    checked and written on ``workers`` threads, a few at a time (within a quarter of
+    ``memory_budget``); the checks and their messages come in input order, as with one
+    thread.
     """
     # ``warnings.catch_warnings`` (used around astropy's FITS and WCS reads) is not thread-safe:
     # worker threads entering and leaving it out of order could leave a filter installed.  The
@@ -582,128 +691,104 @@ def _ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *, skip_b
         raise InputError(None, "no input tiles were given")
     store_path = Path(store_path)
     check_output_folder(store_path)
-    validated: list[tuple[Path, fits.Header, WCS, str]] = []
-    footprints: list[np.ndarray | None] = []
+    partial = store_path.with_name(store_path.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    try:
+        records, skipped, kept = _stage_tiles([Path(p) for p in paths], partial, skip_bad=skip_bad,
+                                              progress=progress, chunk=chunk, cache=cache,
+                                              workers=workers, memory_budget=memory_budget)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if store_path.exists():
+        shutil.rmtree(store_path)
+    os.replace(partial, store_path)
+    group = zarr.open_group(str(store_path), mode="r+")
+    group.attrs["tiles"] = [r.to_json() for r in records]
+    group.attrs["skipped"] = skipped
+    if cache is not None:
+        for index, arrays in kept.items():
+            for kind, array in arrays.items():
+                cache.put((index, kind), array)
+    return TileStore(store_path, zarr.open_group(str(store_path), mode="r"), records, cache)
+
+
+def _stage_tiles(path_list: list[Path], partial: Path, *, skip_bad: bool,
+                 progress: Callable[[int, int, str], None] | None, chunk: int,
+                 cache: TileCache | None, workers: int, memory_budget: int | None
+                 ) -> tuple[list[TileRecord], list[str], dict[int, dict[str, np.ndarray]]]:
+    """Stage every tile in ``partial`` (``staging/<position>``), apply the cross-tile rules in
+    input order, and move the kept tiles to ``tiles/<index>``: (records, skipped, arrays to cache)."""
+    group = zarr.open_group(str(partial), mode="w")
+    group.require_group("tiles")
+    group.require_group("staging")
+    accepted: list[tuple[int, Path, _StagedTile]] = []
     seen_checksums: dict[str, Path] = {}
     channel_counts: dict[int, Path] = {}
     skipped: list[str] = []
-    kept: dict[Path, tuple[np.ndarray, np.ndarray | None, int]] = {}   # validated arrays the cache can hold
     kept_bytes = 0
-    path_list = [Path(p) for p in paths]
+    capacity = 0 if cache is None else cache.capacity
+
+    def skip(exc: InputError) -> None:
+        if not skip_bad:
+            raise exc
+        log.warning("skipping bad tile %s", exc)
+        skipped.append(str(exc))
+
     prefetch = _prefetch(path_list, workers, memory_budget)
-    for path, inspected in ordered_map(_inspect_tile, path_list, prefetch):
-        try:
-            if isinstance(inspected, BaseException):
-                raise inspected
-            chw, alpha, header, n_in, wcs, checksum, footprint = inspected
-            del inspected
+    # closed on the way out, so no worker still writes once the caller removes the staging store
+    with contextlib.closing(ordered_map(lambda item: _stage_tile(group, item[0], item[1], chunk),
+                                        list(enumerate(path_list)), prefetch)) as staged_items:
+        for (position, path), staged in staged_items:
+            if isinstance(staged, InputError):
+                skip(staged)
+                continue
+            if isinstance(staged, BaseException):
+                raise staged
+            checksum, n_in = staged.record.checksum, staged.n_in
+            problem = None
             if checksum in seen_checksums:
-                raise InputError(path, f"duplicate tile: same content as {seen_checksums[checksum]}")
-            channel_counts.setdefault(n_in, path)
-            if len(channel_counts) > 1:
-                other = [p for n, p in channel_counts.items() if n != n_in][0]
-                raise InputError(path, f"has {n_in} channel(s) but {other} has "
-                                       f"{3 if n_in == 1 else 1}; all tiles must have the same "
-                                       "channel count")
+                problem = InputError(path, f"duplicate tile: same content as {seen_checksums[checksum]}")
+            elif channel_counts and n_in not in channel_counts:
+                other = next(iter(channel_counts.values()))
+                problem = InputError(path, f"has {n_in} channel(s) but {other} has "
+                                           f"{3 if n_in == 1 else 1}; all tiles must have the same "
+                                           "channel count")
+            if problem is not None:
+                shutil.rmtree(partial / "staging" / str(position), ignore_errors=True)
+                skip(problem)
+                continue
             seen_checksums[checksum] = path
-            validated.append((path, header, wcs, checksum))
-            footprints.append(footprint)
-            size = chw.nbytes + (0 if alpha is None else alpha.nbytes)
-            if cache is not None and kept_bytes + size <= cache.capacity:
-                kept[path] = (chw, alpha, n_in)  # written below without reading the file again
-                kept_bytes += size
-            del chw, alpha
-        except InputError as exc:
-            if not skip_bad:
-                raise
-            log.warning("skipping bad tile %s", exc)
-            skipped.append(str(exc))
-            if 'n_in' in locals() and channel_counts.get(n_in) == path:
-                channel_counts.pop(n_in, None)
-    isolated = isolated_tiles(footprints)
+            channel_counts.setdefault(n_in, path)
+            size = sum(a.nbytes for a in staged.arrays.values())
+            if kept_bytes + size <= capacity:
+                kept_bytes += size          # put in the cache below, under the tile's final index
+            else:
+                staged.arrays = {}
+            accepted.append((position, path, staged))
+            if progress is not None:
+                progress(len(accepted), len(path_list), str(path))
+    isolated = isolated_tiles([staged.footprint for _, _, staged in accepted])
     for k, problem in isolated:
-        exc = InputError(validated[k][0], problem)
+        exc = InputError(accepted[k][1], problem)
         if not skip_bad:
             raise exc
         log.warning("skipping bad tile %s", exc)
         skipped.append(str(exc))
     for k, _ in reversed(isolated):
-        del validated[k], footprints[k]
-    if not validated:
+        del accepted[k]
+    if not accepted:
         raise InputError(None, "no usable input tile (all were skipped: " + "; ".join(skipped) + ")")
-
-    group = zarr.open_group(str(store_path), mode="w")
-    group.require_group("tiles")
     records: list[TileRecord] = []
-
-    def write_tile(item: tuple[int, tuple[Path, fits.Header, WCS, str]]) -> TileRecord:
-        index, (path, header, wcs, checksum) = item
-        if path in kept:
-            chw, alpha, n_in = kept.pop(path)
-        else:
-            chw, alpha, header, n_in = read_tile_fits(path)
-        _, height, width = chw.shape
-        tile_group = group.require_group(f"tiles/{index}")
-        # uncompressed (read block by block many times) with a crc32c checksum per chunk
-        data_arr = tile_group.create_array("data", shape=chw.shape, dtype="float32",
-                                           chunks=(3, min(chunk, height), min(chunk, width)),
-                                           compressors=[Crc32cCodec()], config=CHUNK_WRITE_CONFIG)
-        data_arr[...] = chw
-        if cache is not None:
-            cache.put((index, "data"), chw)
-        has_alpha = alpha is not None
-        alpha_usable = False
-        alpha_max = None
-        warn: list[str] = []
-        if has_alpha:
-            squeezed = np.squeeze(alpha)
-            if squeezed.ndim == 3 and squeezed.shape[0] == 1:
-                squeezed = squeezed[0]
-            alpha_usable = squeezed.shape == (height, width)
-            if not alpha_usable:
-                warn.append(f"ALPHA shape {alpha.shape} differs from the data's {(height, width)}: "
-                            "ignored (as ZeMosaic does)")
-                log.warning("%s: %s", path, warn[-1])
-                has_alpha = False
-            else:
-                alpha = squeezed
-                finite = alpha[np.isfinite(alpha)] if alpha.dtype.kind == "f" else alpha
-                alpha_max = float(finite.max()) if finite.size else 0.0
-                if alpha.dtype.kind == "f" and alpha_max <= 1.0:
-                    warn.append("float ALPHA in [0, 1]: ZeMosaic's alpha union reads it as all "
-                                "zero, so the whole mosaic is NaN (reproduced; write ALPHA as "
-                                "uint8 0..255)")
-                    log.warning("%s: %s", path, warn[-1])
-                if alpha_max <= 0:
-                    warn.append("ALPHA is zero everywhere: the tile contributes nothing")
-                    log.warning("%s: %s", path, warn[-1])
-                alpha_arr = tile_group.create_array(
-                    "alpha", shape=alpha.shape, dtype=alpha.dtype,
-                    chunks=(min(chunk, height), min(chunk, width)), compressors=[Crc32cCodec()],
-                    config=CHUNK_WRITE_CONFIG)
-                alpha_arr[...] = alpha
-                if cache is not None:
-                    cache.put((index, "alpha"), alpha)
-        if n_in == 1:
-            warn.append("mono tile copied into three identical channels (no ZeMosaic behaviour)")
-        for text in frame_count_warnings(header):
-            warn.append(text)
-            log.warning("%s: %s", path, text)
-        return TileRecord(
-            index=index, source=str(path.resolve()), tile_id=tile_identifier(header, index),
-            shape_hw=(int(height), int(width)), header=header.tostring(),
-            n_channels_in=n_in, has_alpha=has_alpha,
-            alpha_dtype=str(alpha.dtype) if has_alpha else None,
-            alpha_max=alpha_max, alpha_usable=alpha_usable,
-            nframes_raw=frame_count(header), empty_flag=bool(header.get("ZMT_EMPT", False)),
-            checksum=checksum, bytes=int(chw.nbytes), warnings=warn)
-
-    for (index, (path, *_)), record in ordered_map(write_tile, list(enumerate(validated)), prefetch):
-        if isinstance(record, BaseException):
-            raise record
+    kept: dict[int, dict[str, np.ndarray]] = {}
+    for index, (position, path, staged) in enumerate(accepted):
+        os.replace(partial / "staging" / str(position), partial / "tiles" / str(index))
+        record = staged.record
+        record.index = index
+        record.tile_id = tile_identifier(staged.header, index)
         records.append(record)
-        if progress is not None:
-            progress(index + 1, len(validated), str(path))
-    group.attrs["tiles"] = [r.to_json() for r in records]
-    group.attrs["skipped"] = skipped
-    return TileStore(store_path, group, records, cache)
+        if staged.arrays:
+            kept[index] = staged.arrays
+    shutil.rmtree(partial / "staging", ignore_errors=True)
+    return records, skipped, kept
