@@ -37,3 +37,17 @@ def test_calibration_threads_leave_the_warning_filters_as_found(setup):
     before = list(warnings.filters)
     _run(setup, 4)
     assert warnings.filters == before
+
+
+def test_corrected_calibration_on_threads_equals_the_one_thread_result(setup):
+    """The corrected mode's pairs (phase5/corrected.py) are sampled and fitted side by side too."""
+    from zemosaic_ooc.phase5.corrected import corrected_calibration, corrected_to_json
+
+    backend, store, tiles, grid, _ = setup
+    ids = [t.tile_id for t in tiles]
+    before = list(warnings.filters)
+    one = corrected_calibration(backend, store, tiles, grid, workers=1)
+    several = corrected_calibration(backend, store, tiles, grid, workers=3)
+    assert warnings.filters == before
+    assert len(one.pair_fits) >= 4 and one.applied
+    assert corrected_to_json(one, ids) == corrected_to_json(several, ids)

@@ -41,12 +41,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..backend import Backend
+from ..concurrency import ordered_map
 from ..store.tiles import TileStore
 from .coadd import TileView, open_view
 from .graph import DisjointSets
@@ -421,19 +423,34 @@ def choose_component_anchor(component: Sequence[int], fits: Sequence[CorrectedPa
 
 def corrected_calibration(backend: Backend, store: TileStore, tiles: Sequence[TilePlan],
                           grid: OutputGrid, *, strip_pixels: int = 1 << 20,
-                          progress: Callable[[int, int], None] | None = None) -> CorrectedCalibration:
-    """The corrected mode end to end, from the prepared tiles (before any gain) to gains/offsets."""
+                          progress: Callable[[int, int], None] | None = None,
+                          workers: int = 1) -> CorrectedCalibration:
+    """The corrected mode end to end, from the prepared tiles (before any gain) to gains/offsets.
+
+    The pairs are sampled and fitted on ``workers`` threads (each holds one strip of its two
+    tiles); every pair's fit is its own, so the result is the same as on one thread.
+    """
     n_tiles = len(tiles)
     neutral = [dataclasses.replace(t, gain=1.0, offset=0.0, gain_rgb=None, offset_rgb=None) for t in tiles]
     gains = [[1.0] * N_CHANNELS for _ in range(n_tiles)]
     offsets = [[0.0] * N_CHANNELS for _ in range(n_tiles)]
     pairs = true_overlap_pairs(neutral)
-    fits: list[CorrectedPairFit] = []
-    for k, (i, j, box) in enumerate(pairs):
+
+    def fit(pair: tuple[int, int, Box]) -> CorrectedPairFit:
+        i, j, box = pair
         samples = pair_samples(backend, store, neutral[i], neutral[j], grid, box, strip_pixels=strip_pixels)
-        fits.append(fit_pair_channels(i, j, samples))
-        if progress:
-            progress(k + 1, len(pairs))
+        return fit_pair_channels(i, j, samples)
+
+    fits: list[CorrectedPairFit] = []
+    # the reads use ``warnings.catch_warnings``, which is not thread-safe: the filters are saved
+    # here and restored once every worker has finished
+    with warnings.catch_warnings():
+        for k, (_, pair_fit) in enumerate(ordered_map(fit, pairs, workers)):
+            if isinstance(pair_fit, BaseException):
+                raise pair_fit
+            fits.append(pair_fit)
+            if progress:
+                progress(k + 1, len(pairs))
     usable = [f for f in fits if f.usable]
     for f in fits:
         if not f.usable:
