@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import zarr
 from astropy.io import fits
+
+from zemosaic_ooc.store.export import read_window
 
 
 @dataclass
@@ -21,10 +22,7 @@ class Comparison:
 
 def read_store_window(store_path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """(mosaic HWC, coverage, alpha, attrs) of a store, cropped to its autocrop window."""
-    group = zarr.open_group(str(store_path), mode="r")
-    y0, y1, x0, x1 = group.attrs["window"]
-    return (group["mosaic"][y0:y1, x0:x1, :], group["coverage"][y0:y1, x0:x1],
-            group["alpha"][y0:y1, x0:x1], dict(group.attrs))
+    return read_window(store_path)
 
 
 def read_reference(fixture_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, fits.Header]:

@@ -61,6 +61,9 @@ class Source:
 class ZarrSource(Source):
     def __init__(self, path: Path, full_grid: bool = False):
         import zarr
+
+        from zemosaic_ooc.report.reading import window_of
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -71,13 +74,7 @@ class ZarrSource(Source):
         if self.arr.ndim != 3:
             raise CompareError(f"{path}: mosaic has shape {self.arr.shape}, expected (H, W, 3)")
         h, w = int(self.arr.shape[0]), int(self.arr.shape[1])
-        win = None if full_grid else group.attrs.get("window")
-        try:
-            y0, y1, x0, x1 = (int(v) for v in win)
-            if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
-                raise ValueError
-        except (TypeError, ValueError):
-            y0, y1, x0, x1 = 0, h, 0, w
+        y0, y1, x0, x1 = (0, h, 0, w) if full_grid else window_of(group, (h, w))
         self.window = (y0, y1, x0, x1)
         self.name = str(path)
         self.shape_hw = (y1 - y0, x1 - x0)

@@ -60,11 +60,9 @@ MiB = 1 << 20
 
 
 def _window(path: Path) -> np.ndarray:
-    import zarr
+    from zemosaic_ooc.store.export import read_window
 
-    group = zarr.open_group(str(path), mode="r")
-    y0, y1, x0, x1 = group.attrs["window"]
-    return group["mosaic"][y0:y1, x0:x1, :]
+    return read_window(path)[0]
 
 
 def parity(cpu: np.ndarray, gpu: np.ndarray) -> dict[str, Any]:

@@ -473,10 +473,10 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         store = MosaicStore.create(output, (0, 0), 0, overwrite=True)
         state["run_request"] = {"tile_paths": [str(p) for p in tile_paths], "options": opts.to_dict()}
         store.attrs_update(run_state=state)
-        staging = output / "tiles.partial"
         progress.start("ingest", len(tile_paths), unit="tile")
         try:
-            tile_store = ingest_tiles(list(tile_paths), staging, skip_bad=bool(opts.skip_bad_tiles),
+            # ingest builds tiles.partial and renames it to tiles once every tile passed its checks
+            tile_store = ingest_tiles(list(tile_paths), output / "tiles", skip_bad=bool(opts.skip_bad_tiles),
                                       cache=tile_cache, workers=workers,
                                       memory_budget=int(opts.memory_budget),
                                       progress=lambda k, n, p: (progress.advance("ingest"), rss.sample(),
@@ -517,10 +517,8 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         block = choose_block_size(opts, workers, shape_hw,
                                   device_budget=None if device is None else task_budget(device.budget_bytes))
         store.attrs_update(shape_hw=list(shape_hw), block=int(block))
-        os.replace(staging, output / "tiles")
-        tile_store = TileStore.open(output / "tiles", tile_cache)
     out_grid = OutputGrid(out_wcs, shape_hw)
-    journal = Journal(output / "journal.sqlite")
+    journal = Journal(output / "journal.sqlite", durable=bool(getattr(opts, "durable", False)))
     guard = OomGuard(device, backend, max_oom=max_oom, inject=fault_injector)
     runner = BlockRunner(workers, progress, rss, journal, guard, resume=resume,
                          durable=bool(getattr(opts, "durable", False)))
@@ -580,7 +578,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
             corrected = corrected_calibration(
                 backend, tile_store, tiles, out_grid, strip_pixels=strip_pixels(int(opts.memory_budget)),
                 progress=lambda k, n: (progress.advance("calibrate", 0), rss.sample(),
-                                       _kill_point("calibrate", k)))
+                                       _kill_point("calibrate", k)), workers=workers)
             progress.finish("calibrate")
             if corrected.applied:
                 for tile, g, o in zip(tiles, corrected.gains_rgb, corrected.offsets_rgb):

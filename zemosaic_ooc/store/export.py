@@ -82,6 +82,15 @@ def store_window(group, shape_hw: tuple[int, int] | None = None) -> tuple[int, i
     return y0, y1, x0, x1
 
 
+def read_window(store_path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """The final arrays inside the export window, in memory: mosaic (h, w, 3) float32 HWC,
+    coverage (h, w) float32, alpha (h, w) uint8, and the group's attributes."""
+    group = _open(store_path)
+    y0, y1, x0, x1 = store_window(group)
+    return (group["mosaic"][y0:y1, x0:x1, :], group["coverage"][y0:y1, x0:x1],
+            group["alpha"][y0:y1, x0:x1], dict(group.attrs))
+
+
 def _parse_header(text: Any) -> fits.Header:
     if isinstance(text, fits.Header):
         return text.copy()
