@@ -1,0 +1,68 @@
+"""Ingest (store/tiles.py): one read per tile, staged writes, nothing left behind on bad input."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from zemosaic_ooc.demo import make_demo_tiles
+from zemosaic_ooc.errors import InputError
+from zemosaic_ooc.store import tiles as tiles_module
+from zemosaic_ooc.store.tiles import TileCache, _file_checksum, ingest_tiles
+
+
+@pytest.fixture(scope="module")
+def demo_tiles(tmp_path_factory):
+    return make_demo_tiles(tmp_path_factory.mktemp("ingest"), nx=3, ny=1, tile_hw=(96, 112), seed=4)
+
+
+@pytest.mark.parametrize("cache_bytes", [None, 0, 1 << 30])
+def test_each_tile_is_read_once_whether_or_not_the_cache_holds_it(demo_tiles, tmp_path, monkeypatch,
+                                                                   cache_bytes):
+    reads = []
+    original = tiles_module.read_tile_fits
+
+    def counted(path, *args, **kwargs):
+        reads.append(str(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(tiles_module, "read_tile_fits", counted)
+    cache = None if cache_bytes is None else TileCache(cache_bytes)
+    store = ingest_tiles(demo_tiles, tmp_path / "tiles", cache=cache, workers=2, memory_budget=1 << 30)
+    assert sorted(reads) == sorted(str(p) for p in demo_tiles)
+    # the checksum taken on the way equals a separate hash of the whole file
+    assert [r.checksum for r in store.records] == [_file_checksum(p) for p in demo_tiles]
+    assert [r.index for r in store.records] == [0, 1, 2]
+    assert not (tmp_path / "tiles.partial").exists() and not (tmp_path / "tiles" / "staging").exists()
+
+
+def test_staged_store_matches_the_fits_data(demo_tiles, tmp_path):
+    from astropy.io import fits
+
+    store = ingest_tiles(demo_tiles, tmp_path / "tiles", workers=3, memory_budget=1 << 30)
+    for index, path in enumerate(demo_tiles):
+        expected = fits.getdata(path, 0).astype(np.float32)
+        assert np.array_equal(store.data(index)[...], expected)
+
+
+def test_duplicate_tile_skipped_keeps_the_indices_dense(demo_tiles, tmp_path):
+    copy = tmp_path / "copy.fits"
+    shutil.copy(demo_tiles[0], copy)
+    store = ingest_tiles([demo_tiles[0], copy, demo_tiles[1], demo_tiles[2]], tmp_path / "tiles",
+                         skip_bad=True, workers=2, memory_budget=1 << 30)
+    assert [r.source for r in store.records] == [str(p.resolve()) for p in demo_tiles]
+    assert sorted(p.name for p in (tmp_path / "tiles" / "tiles").iterdir() if p.is_dir()) == ["0", "1", "2"]
+    assert "duplicate tile" in store.group.attrs["skipped"][0]
+
+
+def test_bad_tile_leaves_an_existing_store_untouched_and_no_partial(demo_tiles, tmp_path):
+    first = ingest_tiles(demo_tiles[:2], tmp_path / "tiles")
+    before = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "tiles").rglob("*"))
+    bad = tmp_path / "bad.fits"
+    bad.write_bytes(b"not a fits file at all" * 200)
+    with pytest.raises(InputError, match="bad.fits"):
+        ingest_tiles([demo_tiles[2], bad], tmp_path / "tiles", workers=2, memory_budget=1 << 30)
+    assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "tiles").rglob("*")) == before
+    assert not (tmp_path / "tiles.partial").exists()
+    assert len(first.records) == 2
