@@ -66,3 +66,17 @@ def test_bad_tile_leaves_an_existing_store_untouched_and_no_partial(demo_tiles, 
     assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "tiles").rglob("*")) == before
     assert not (tmp_path / "tiles.partial").exists()
     assert len(first.records) == 2
+
+
+def test_a_cache_miss_reads_the_region_and_never_evicts_a_cached_tile(demo_tiles, tmp_path):
+    """Room for one tile: the first stays cached, the others are read region by region."""
+    one_tile = 3 * 96 * 112 * 4
+    cache = TileCache(one_tile + 96 * 112 * 4 + 100)      # the data and the alpha of one tile
+    store = ingest_tiles(demo_tiles, tmp_path / "tiles", cache=cache)
+    assert cache.get((0, "data")) is not None and cache.get((1, "data")) is None
+    rows, cols = slice(10, 30), slice(5, 50)
+    for index in (1, 2, 1, 0, 2):
+        region = store.read_data(index, rows, cols)
+        assert np.array_equal(region, store.data(index)[:, rows, cols])
+    assert cache.get((0, "data")) is not None
+    assert cache.get((1, "data")) is None and cache.get((2, "data")) is None
