@@ -110,3 +110,8 @@ def test_exact_percentiles_take_two_scans_for_float32_whatever_the_spread():
     ours = exact_percentiles(range(4), values_of, qs, max_gather=10)
     assert ours == pytest.approx(_numpy_percentiles(blocks, qs), rel=0, abs=0)
     assert len(calls) == 2 * len(blocks)
+
+
+def test_exact_percentiles_refuse_a_percentile_outside_0_100():
+    with pytest.raises(ValueError, match=r"\[0, 100\]"):
+        exact_percentiles([0], lambda k: np.ones(3, np.float32), [50.0, 101.0])

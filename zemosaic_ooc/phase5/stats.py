@@ -85,7 +85,9 @@ def exact_percentiles(blocks: Sequence, values_of: Callable[[object], np.ndarray
     ``workers`` threads call ``values_of`` side by side; the first scan's keys are kept in
     memory up to ``cache_bytes`` (0: none kept, every scan calls ``values_of`` again).
     """
-    qs = list(qs)
+    qs = [float(q) for q in qs]
+    if any(not 0.0 <= q <= 100.0 for q in qs):
+        raise ValueError(f"percentiles must lie in [0, 100], got {qs}")
     blocks = list(blocks)
     for wide in (False, True):
         found = _exact_percentiles(blocks, values_of, qs, max_gather, max(1, int(workers)),
