@@ -370,7 +370,9 @@ def run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
 
     import contextlib
 
-    with RunLock(output), contextlib.ExitStack() as cleanup:
+    from ..store.codecs import threaded_checksums
+
+    with RunLock(output), contextlib.ExitStack() as cleanup, threaded_checksums():
         return _run_pipeline(tile_paths, output, options, _cleanup=cleanup, **kwargs)
 
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec
 
 #: every chunk is written as it is, even when it equals the fill value: zarr's test for that
 #: compares the whole chunk with the fill value on every write, which made writes about 4x
@@ -23,6 +22,7 @@ from zarr.codecs import Crc32cCodec
 CHUNK_WRITE_CONFIG = {"write_empty_chunks": True}
 
 from ..errors import StoreError
+from .codecs import chunk_compressors
 
 FINAL_ARRAYS = {
     "mosaic": ("float32", 3),
@@ -70,7 +70,7 @@ class MosaicStore:
         # no compression (float mosaics barely compress and it costs more than the I/O it saves);
         # a crc32c checksum, so a damaged chunk fails to read instead of giving wrong pixels
         return self.group.create_array(name, shape=shape, dtype=dtype, chunks=chunks,
-                                       fill_value=fill_value, compressors=[Crc32cCodec()],
+                                       fill_value=fill_value, compressors=chunk_compressors(),
                                        config=CHUNK_WRITE_CONFIG)
 
     def array(self, name: str) -> zarr.Array:

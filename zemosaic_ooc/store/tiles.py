@@ -27,12 +27,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from ..concurrency import ordered_map
 from ..errors import InputError, StoreError
+from .codecs import chunk_compressors
 from .mosaic import CHUNK_WRITE_CONFIG
 
 log = logging.getLogger(__name__)
@@ -608,7 +608,7 @@ def _stage_tile(group: zarr.Group, position: int, path: Path, chunk: int) -> _St
     # uncompressed (read block by block many times) with a crc32c checksum per chunk
     data_arr = tile_group.create_array("data", shape=chw.shape, dtype="float32",
                                        chunks=(3, min(chunk, height), min(chunk, width)),
-                                       compressors=[Crc32cCodec()], config=CHUNK_WRITE_CONFIG)
+                                       compressors=chunk_compressors(), config=CHUNK_WRITE_CONFIG)
     data_arr[...] = chw
     arrays = {"data": chw}
     has_alpha = alpha is not None
@@ -639,7 +639,7 @@ def _stage_tile(group: zarr.Group, position: int, path: Path, chunk: int) -> _St
                 log.warning("%s: %s", path, warn[-1])
             alpha_arr = tile_group.create_array(
                 "alpha", shape=alpha.shape, dtype=alpha.dtype,
-                chunks=(min(chunk, height), min(chunk, width)), compressors=[Crc32cCodec()],
+                chunks=(min(chunk, height), min(chunk, width)), compressors=chunk_compressors(),
                 config=CHUNK_WRITE_CONFIG)
             alpha_arr[...] = alpha
             arrays["alpha"] = alpha
