@@ -115,3 +115,29 @@ def test_exact_percentiles_take_two_scans_for_float32_whatever_the_spread():
 def test_exact_percentiles_refuse_a_percentile_outside_0_100():
     with pytest.raises(ValueError, match=r"\[0, 100\]"):
         exact_percentiles([0], lambda k: np.ones(3, np.float32), [50.0, 101.0])
+
+
+def test_exact_percentiles_match_numpy_on_many_random_layouts():
+    """Random block counts, sizes, dtypes, ties, infinities, gather limits, threads and caches."""
+    rng = np.random.default_rng(2026)
+    for _ in range(60):
+        dtype = rng.choice([np.float32, np.float64])
+        n_blocks = int(rng.integers(1, 6))
+        pool = rng.normal(0.0, 10.0 ** rng.integers(-3, 4), size=int(rng.integers(1, 40))).astype(dtype)
+        blocks = []
+        for _ in range(n_blocks):
+            size = int(rng.integers(0, 400))
+            values = rng.choice(pool, size) if rng.random() < 0.5 else rng.normal(size=size).astype(dtype)
+            if size and rng.random() < 0.2:
+                values[rng.integers(0, size)] = rng.choice([np.inf, -np.inf, np.nan, -0.0])
+            blocks.append(values.astype(dtype))
+        if not any(np.isfinite(b).any() or np.isinf(b).any() for b in blocks):
+            continue
+        qs = sorted(rng.uniform(0, 100, size=int(rng.integers(1, 5))).tolist() + [0.0, 100.0])
+        ours = exact_percentiles(range(n_blocks), lambda k: blocks[k], qs,
+                                 max_gather=int(rng.integers(0, 60)), workers=int(rng.integers(1, 4)),
+                                 cache_bytes=int(rng.choice([0, 1 << 20])))
+        with np.errstate(invalid="ignore"):             # inf - inf in both interpolations
+            expected = _numpy_percentiles(blocks, qs)
+            assert np.allclose(ours, expected, rtol=0, atol=0, equal_nan=True) or ours == expected, \
+                (dtype, qs, ours, expected)
