@@ -80,3 +80,27 @@ def test_a_cache_miss_reads_the_region_and_never_evicts_a_cached_tile(demo_tiles
         assert np.array_equal(region, store.data(index)[:, rows, cols])
     assert cache.get((0, "data")) is not None
     assert cache.get((1, "data")) is None and cache.get((2, "data")) is None
+
+
+@pytest.mark.parametrize("side", [1024, 2048])
+def test_a_tile_in_flight_holds_no_more_than_the_prefetch_estimate(tmp_path, side):
+    """tracemalloc peak of reading, checking and writing one tile against ``_held_bytes``, the
+    estimate that sizes how many tiles ingest reads at once."""
+    import tracemalloc
+
+    import zarr
+
+    from zemosaic_ooc.store.tiles import _held_bytes, _stage_tile
+
+    tile = make_demo_tiles(tmp_path / "big", nx=1, ny=1, tile_hw=(side, side), seed=5)[0]
+    group = zarr.open_group(str(tmp_path / "probe.zarr"), mode="w")
+    _stage_tile(group, 0, tile, 512)                 # imports and first-use allocations
+    tracemalloc.start()
+    try:
+        _stage_tile(group, 1, tile, 512)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    estimate = _held_bytes(tile)
+    assert peak <= estimate, (peak, estimate, tile.stat().st_size)
+    assert estimate <= 2.1 * tile.stat().st_size        # the band-wise write keeps it low
