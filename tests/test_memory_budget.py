@@ -41,8 +41,11 @@ CHILD = VMHWM_FUNCTION + textwrap.dedent("""
     baseline = vmhwm()
     tiles = sorted(Path(sys.argv[1]).glob("master_tile_*.fits"))
     full = sys.argv[4] == "full"
+    # full: narrower blurs than the defaults (σ 12 and 8 px, halos 48 and 31 px instead of 200
+    # and 275) keep the run short; the memory structure (halo groups, exact statistics) is the same
     opts = Phase5Options(memory_budget=int(sys.argv[3]), two_pass_coverage_renorm=full,
-                         patchwork_suppressor_enabled=full)
+                         patchwork_suppressor_enabled=full, two_pass_cov_sigma_px=12.0,
+                         patchwork_suppressor_sigma_px=8.0)
     summary = run_pipeline(tiles, Path(sys.argv[2]), opts)
     g = zarr.open_group(sys.argv[2], mode="r")
     arrays = sum(int(g[name].nbytes) for name in ("mosaic", "coverage", "alpha"))

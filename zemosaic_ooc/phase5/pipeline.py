@@ -178,6 +178,12 @@ def choose_block_size(opts: Phase5Options, workers: int, shape_hw: tuple[int, in
     return side
 
 
+def halo_stage_bytes(opts: Phase5Options) -> int:
+    """What a halo stage's groups in flight may hold: the budget less the tile cache's share."""
+    budget = int(opts.memory_budget)
+    return budget - budget // MEMORY_SHARE
+
+
 def host_replay_slots(opts: Phase5Options, block: int, workers: int) -> int:
     """How many block tasks may run on the CPU at once in a device run (replays, and every
     task once the device is off): what half the memory budget holds of the CPU's working set
@@ -828,7 +834,8 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         cov_blur[y0:y1, x0:x1] = be.to_host(cb[sy, sx])
         scale_map[y0:y1, x0:x1] = be.to_host(scale[sy, sx])
 
-    blur_groups = halo_superblocks((height, width), block, radius, int(opts.memory_budget))
+    blur_groups = halo_superblocks((height, width), block, radius, halo_stage_bytes(opts),
+                                   workers=runner.workers)
     def blur_recover(box: Box) -> None:
         y0, y1, x0, x1 = box
         cov_blur[y0:y1, x0:x1]
@@ -985,7 +992,7 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
     alpha = store.array("alpha")
     # blocks in window coordinates (the suppressor sees the cropped mosaic, as ZeMosaic's does)
     grid_hw = (int(store.attrs["shape_hw"][0]), int(store.attrs["shape_hw"][1]))
-    groups = halo_superblocks(grid_hw, block, params.halo, int(opts.memory_budget))
+    groups = halo_superblocks(grid_hw, block, params.halo, halo_stage_bytes(opts), workers=runner.workers)
 
     def in_window(boxes: list[Box]) -> list[Box]:
         clipped = [(max(b[0], wy0) - wy0, min(b[1], wy1) - wy0, max(b[2], wx0) - wx0, min(b[3], wx1) - wx0)
