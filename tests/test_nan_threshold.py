@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 
 from zemosaic_ooc.phase5.plan import nan_threshold, read_raw_region

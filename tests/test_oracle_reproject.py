@@ -3,7 +3,6 @@ reproject_and_coadd(..., match_background=True) with the same weights (spec §5.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 

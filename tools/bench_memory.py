@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'PASS' if ok else 'FAIL'}")
     print(f"run time              {res['wall_s']:.1f} s in run_pipeline ({child_wall:.1f} s child "
           f"process); " + ", ".join(f"{n} {s:.1f}s" for n, s in res["stages"]))
-    print(f"sampled peak per stage (MiB): " + bp.format_stage_peaks(res.get("stage_peak_rss", [])))
+    print("sampled peak per stage (MiB): " + bp.format_stage_peaks(res.get("stage_peak_rss", [])))
     if ns.json:
         res.pop("log", None)
         Path(ns.json).write_text(json.dumps({

@@ -107,7 +107,6 @@ def gather_points(arr: zarr.Array, ys: np.ndarray, xs: np.ndarray, *,
         k = int(key[idx[0]])
         cy, cx = divmod(k, ncx)
         r0, c0 = cy * ur, cx * uc
-        r1, c1 = min(arr.shape[0], r0 + ur), min(arr.shape[1], c0 + uc)
         ly, lx = ys[idx] - r0, xs[idx] - c0
         sub = np.asarray(arr[r0 + int(ly.min()):r0 + int(ly.max()) + 1,
                              c0 + int(lx.min()):c0 + int(lx.max()) + 1], dtype=dtype)
