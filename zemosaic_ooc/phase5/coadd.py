@@ -330,12 +330,12 @@ def coadd_block(backend: Backend, store: TileStore, tiles: Sequence[TilePlan], g
 
 
 def tile_strips(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputGrid, *,
-                strip_pixels: int = 1 << 20, step: int = DEFAULT_CONTROL_STEP):
+                strip_pixels: int = 1 << 20, step: int = DEFAULT_CONTROL_STEP, with_data: bool = True):
     """Walk a tile's §4.2 box in row strips: yields (strip box, u, v, region origin, raw data, raw alpha).
 
     u, v are the cropped-tile coordinates of every strip pixel (backend arrays); the raw
-    region (C, h, w) / (h, w) covers every in-bounds position, with top-left ``origin``.
-    Strips that do not reach the tile are skipped.
+    region (C, h, w) / (h, w) covers every in-bounds position, with top-left ``origin``
+    (raw data None when not ``with_data``).  Strips that do not reach the tile are skipped.
     """
     xp = backend.xp
     y0, y1, x0, x1 = tile.box
@@ -348,8 +348,8 @@ def tile_strips(backend: Backend, store: TileStore, tile: TilePlan, grid: Output
         if bounds is None:
             continue
         r0, r1, c0, c1 = bounds
-        raw_data, raw_alpha = read_raw_region(store, tile, (r0, r1), (c0, c1))
-        yield (strip, uu, vv, (r0, c0), backend.asarray(raw_data),
+        raw_data, raw_alpha = read_raw_region(store, tile, (r0, r1), (c0, c1), with_data=with_data)
+        yield (strip, uu, vv, (r0, c0), None if raw_data is None else backend.asarray(raw_data),
                None if raw_alpha is None else backend.asarray(raw_alpha))
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from ..backend import Backend
 from ..store.tiles import TileRecord, TileStore
 from .mapping import TileGeometry, crop_margins
-from .prep import TilePlan, alpha_weight, prepare_region, tile_weights_v4
+from .prep import TilePlan, prepare_region, region_mask, tile_weights_v4
 
 
 def build_tile_plans(records: list[TileRecord], opts: Any) -> list[TilePlan]:
@@ -67,11 +67,8 @@ def nan_threshold(backend: Backend, store: TileStore, tile: TilePlan, *,
             # with ALPHA, m = a_t depends on the ALPHA plane alone: the data planes are not read
             data, alpha = read_raw_region(store, tile, (r0, min(h, r0 + rows_per_strip)), (0, w),
                                           with_data=not tile.has_alpha)
-            if tile.has_alpha:
-                mask = alpha_weight(backend, backend.asarray(alpha), tile)
-            else:
-                _, mask, _ = prepare_region(backend, backend.asarray(data), None, tile,
-                                            apply_gain_offset=False, want_weight=False)
+            mask = region_mask(backend, None if data is None else backend.asarray(data),
+                               None if alpha is None else backend.asarray(alpha), tile)
             if mask.size:
                 maximum = max(maximum, float(backend.xp.max(mask)))
             if maximum > 0.5:

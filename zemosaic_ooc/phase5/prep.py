@@ -124,6 +124,15 @@ def alpha_weight(backend: Backend, raw_alpha: Any, tile: TilePlan) -> Any:
     return soft_weight(backend, normalized_alpha(backend, raw_alpha, tile), tile)
 
 
+def region_mask(backend: Backend, raw_data: Any | None, raw_alpha: Any | None, tile: TilePlan) -> Any:
+    """§2.5 mask m (h, w) float32 of a region: a_t with ALPHA (the data planes are not needed,
+    ``raw_data`` may be None), else 1 where any channel of the (C, h, w) data is finite."""
+    xp = backend.xp
+    if tile.has_alpha and raw_alpha is not None:
+        return alpha_weight(backend, raw_alpha, tile)
+    return xp.any(xp.isfinite(xp.asarray(raw_data)), axis=0).astype(xp.float32)
+
+
 def prepare_region(backend: Backend, raw_data: Any, raw_alpha: Any | None, tile: TilePlan, *,
                    apply_gain_offset: bool = True, want_weight: bool = True) -> tuple[Any, Any, Any]:
     """§2.4–§2.8 and §3.9 P9 on a region: returns (data, mask m, weight ω).
@@ -134,13 +143,11 @@ def prepare_region(backend: Backend, raw_data: Any, raw_alpha: Any | None, tile:
     """
     xp = backend.xp
     data = xp.array(raw_data, dtype=xp.float32, copy=True)
+    mask = region_mask(backend, data, raw_alpha, tile)
     if tile.has_alpha and raw_alpha is not None:
-        weight = alpha_weight(backend, raw_alpha, tile)
-        data = xp.where((weight > 0)[None], data, xp.float32(0.0))   # data[:, ~(w > 0)] = 0
-        mask = weight
-        base_weight = weight
+        data = xp.where((mask > 0)[None], data, xp.float32(0.0))     # data[:, ~(a_t > 0)] = 0
+        base_weight = mask
     else:
-        mask = xp.any(xp.isfinite(data), axis=0).astype(xp.float32)
         base_weight = xp.clip(xp.nan_to_num(mask), 0.0, 1.0)
     if tile.nan_threshold is not None:
         data = xp.where((mask > tile.nan_threshold)[None], data, xp.float32(xp.nan))

@@ -20,7 +20,7 @@ from ..store.tiles import TileStore
 from .grid import Box
 from .coadd import tile_strips
 from .mapping import DEFAULT_CONTROL_STEP, OutputGrid
-from .prep import TilePlan, prepare_region
+from .prep import TilePlan, region_mask
 from .resample import sample_bilinear
 
 EPS32 = np.float32(np.finfo(np.float32).eps)
@@ -64,10 +64,11 @@ def tile_gain(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputGr
         return 1.0, 0, 0
     footprint = 0
     gathered: list[np.ndarray] = []
+    # m_t alone is needed: with ALPHA it comes from the ALPHA plane, the data planes are not read
     for strip, uu, vv, origin, raw_data, raw_alpha in tile_strips(backend, store, tile, grid,
-                                                                  strip_pixels=strip_pixels, step=step):
-        _, mask, _ = prepare_region(backend, raw_data, raw_alpha, tile, apply_gain_offset=False,
-                                    want_weight=False)
+                                                                  strip_pixels=strip_pixels, step=step,
+                                                                  with_data=not tile.has_alpha):
+        mask = region_mask(backend, raw_data, raw_alpha, tile)
         reprojected = sample_bilinear(backend, mask[None], origin, tile.cropped_hw, uu, vv)[0]
         in_tile = xp.nan_to_num(reprojected, nan=0.0) > 1e-3
         footprint += int(in_tile.sum())
