@@ -88,11 +88,9 @@ def halo_superblocks(shape_hw: tuple[int, int], block: int, halo: int, budget_by
     pixel within ``budget_bytes`` (k = 1 when none does; the pipeline passes its budget less
     the tile cache's share, which is all a halo stage holds besides its groups).  32 B/px is
     the coverage blur's working set (tracemalloc: 29 B per haloed pixel, plus the 4 B region
-    read).  Before, one group was sized to half the budget
-    whatever the number of workers: 4 groups of 4416 px (1.5 GB at once) on a 7000 px grid
-    at the default 2 GiB, so 16 workers had 4 tasks; now 25 groups of 1472 px.
-    The result is the same for every k (the halo covers the filter's reach); only the time
-    and memory differ.
+    read).  E.g. a 7000 px grid, 1472 px blocks, 200 px halo, 1.5 GB: 25 groups for 16
+    workers, 4 of 4416 px for 2.  The result is the same for every k (the halo covers the
+    filter's reach); only the time and memory differ.
     Each chunk belongs to exactly one group, so concurrent writes never share a chunk.
     """
     height, width = shape_hw

@@ -178,6 +178,16 @@ def choose_block_size(opts: Phase5Options, workers: int, shape_hw: tuple[int, in
     return side
 
 
+def run_percentiles(boxes: Sequence[Box], values_of: Callable[[Box], np.ndarray], qs: list[float],
+                    opts: Phase5Options, workers: int) -> list[float]:
+    """Exact percentiles of block values (phase5/stats.py) on the run's threads, their keys kept
+    within a share of the budget."""
+    from .stats import exact_percentiles
+
+    return exact_percentiles(boxes, values_of, qs, workers=workers,
+                             cache_bytes=int(opts.memory_budget) // MEMORY_SHARE)
+
+
 def halo_stage_bytes(opts: Phase5Options) -> int:
     """What a halo stage's groups in flight may hold: the budget less the tile cache's share."""
     budget = int(opts.memory_budget)
@@ -811,7 +821,6 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
                  save_state: Callable[..., None] | None = None) -> dict[str, Any]:
     """§6: coverage blur (halo), tile gains (exact medians), pass 2, P5, merge."""
     from .renorm import blur_radius, blurred_coverage_block, merge_block, tile_gain
-    from .stats import exact_percentiles
 
     height, width = out_grid.shape_hw
     block = int(store.attrs["block"])
@@ -912,8 +921,7 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         lum = m1[y0:y1, x0:x1, :].mean(axis=2, dtype=np.float32)[valid]
         return lum[np.isfinite(lum)]
 
-    p5 = exact_percentiles(blocks, luminance_values, [5.0], workers=runner.workers,
-                           cache_bytes=int(opts.memory_budget) // MEMORY_SHARE)[0]
+    p5 = run_percentiles(blocks, luminance_values, [5.0], opts, runner.workers)[0]
     info: dict[str, Any] = {"enabled": True, "ran": True, "gains": gains, "p5": p5,
                             "background_offsets_pass2": [list(t.bg_offsets_pass2) for t in tiles]}
     if not math.isfinite(p5):
@@ -975,7 +983,6 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
                window: Box, runner: BlockRunner, source_name: str) -> dict[str, Any]:
     """§7 on the finished mosaic (within the autocrop window), block by block with halos."""
     from . import patchwork as pw
-    from .stats import exact_percentiles
 
     params = pw.resolve_params(opts)
     info: dict[str, Any] = {"enabled": True, "ran": False, "k": params.k,
@@ -1003,8 +1010,7 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
     wgroups = in_window(groups)
 
     def percentiles(boxes: list[Box], values_of: Callable[[Box], np.ndarray], qs: list[float]) -> list[float]:
-        return exact_percentiles(boxes, values_of, qs, workers=runner.workers,
-                                 cache_bytes=int(opts.memory_budget) // MEMORY_SHARE)
+        return run_percentiles(boxes, values_of, qs, opts, runner.workers)
 
     def read(box: Box, halo: int = 0, be: Backend = backend):
         y0, y1, x0, x1 = box

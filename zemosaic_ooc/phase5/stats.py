@@ -112,7 +112,7 @@ def _exact_percentiles(blocks: list, values_of: Callable[[object], np.ndarray], 
     first = np.zeros(N_DIGIT_BINS, dtype=np.int64)
     widths: set[int] = set()
 
-    def first_digits(k: int) -> tuple[np.ndarray, int, np.ndarray | None]:
+    def first_digits(k: int) -> tuple[int, np.ndarray | None]:
         nonlocal cached_bytes
         keys = keys_of(k)
         width = 8 * keys.dtype.itemsize
@@ -122,12 +122,12 @@ def _exact_percentiles(blocks: list, values_of: Callable[[object], np.ndarray], 
             if keys.size and cached_bytes + keys.nbytes <= cache_bytes:
                 cache[k] = keys
                 cached_bytes += keys.nbytes
-        return keys, width, hist
+        return width, hist
 
     for _, result in ordered_map(first_digits, range(len(blocks)), workers):
         if isinstance(result, BaseException):
             raise result
-        keys, width, hist = result
+        width, hist = result
         if hist is not None:
             widths.add(width)
             first += hist

@@ -10,7 +10,7 @@ whole-chunk writes and reads).  :class:`ThreadedCrc32cCodec` is the same codec (
 same metadata ``{"name": "crc32c"}``, readable by any zarr) whose encode and decode run on
 zarr's I/O thread pool; the checksum releases the GIL, so they run side by side.
 
-Arrays created with :func:`chunk_compressors` use it for their writes; inside
+Arrays made with :func:`create_checked_array` use it for their writes; inside
 :func:`threaded_checksums` (the pipeline's run) arrays opened from their metadata use it too.
 """
 from __future__ import annotations
@@ -49,9 +49,20 @@ def _register() -> str:
     return f"{ThreadedCrc32cCodec.__module__}.{ThreadedCrc32cCodec.__qualname__}"
 
 
-def chunk_compressors() -> list[Crc32cCodec]:
-    """The ``compressors`` of every array the project creates."""
-    return [ThreadedCrc32cCodec()]
+#: every chunk is written as it is, even when it equals the fill value: zarr's test for that
+#: compares the whole chunk with the fill value on every write, which made writes about 4x
+#: slower (measured: 64 chunks of 736x736x3 float32, 1.44 s against 0.33 s); an all-fill chunk
+#: then takes its bytes on disk instead of none
+CHUNK_WRITE_CONFIG = {"write_empty_chunks": True}
+
+
+def create_checked_array(group: zarr.Group, name: str, *, shape: tuple[int, ...], dtype: Any,
+                         chunks: tuple[int, ...], fill_value: Any = 0) -> zarr.Array:
+    """Every array the project creates: uncompressed (float mosaics and tiles barely compress,
+    and they are read block by block many times), a CRC32C checksum per chunk
+    (:class:`ThreadedCrc32cCodec`), every chunk written as it is."""
+    return group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, fill_value=fill_value,
+                              compressors=[ThreadedCrc32cCodec()], config=CHUNK_WRITE_CONFIG)
 
 
 @contextlib.contextmanager

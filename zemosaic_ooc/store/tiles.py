@@ -32,8 +32,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 
 from ..concurrency import ordered_map
 from ..errors import InputError, StoreError
-from .codecs import chunk_compressors
-from .mosaic import CHUNK_WRITE_CONFIG
+from .codecs import create_checked_array
 
 log = logging.getLogger(__name__)
 
@@ -310,13 +309,19 @@ def check_output_folder(store_path: str | Path) -> None:
         raise StoreError(f"output folder {probe} is not writable")
 
 
+def _alpha_plane(alpha: np.ndarray) -> np.ndarray:
+    """The ALPHA extension as one plane: length-1 axes dropped ((1, H, W) → (H, W))."""
+    squeezed = np.squeeze(alpha)
+    if squeezed.ndim == 3 and squeezed.shape[0] == 1:
+        squeezed = squeezed[0]
+    return squeezed
+
+
 def _alpha_all_zero(alpha: np.ndarray | None, shape_hw: tuple[int, ...]) -> bool:
     """True when a usable ALPHA (the data's shape, §0.3) has no value > 0: an empty tile."""
     if alpha is None:
         return False
-    squeezed = np.squeeze(alpha)
-    if squeezed.ndim == 3 and squeezed.shape[0] == 1:
-        squeezed = squeezed[0]
+    squeezed = _alpha_plane(alpha)
     if squeezed.shape != tuple(shape_hw):
         return False            # ignored, with a warning, at write time
     return not bool(np.any(squeezed > 0))
@@ -605,10 +610,8 @@ def _stage_tile(group: zarr.Group, position: int, path: Path, chunk: int) -> _St
     chw, alpha, header, n_in, _, checksum, footprint = _inspect_tile(path)
     _, height, width = chw.shape
     tile_group = group.require_group(f"staging/{position}")
-    # uncompressed (read block by block many times) with a crc32c checksum per chunk
-    data_arr = tile_group.create_array("data", shape=chw.shape, dtype="float32",
-                                       chunks=(3, min(chunk, height), min(chunk, width)),
-                                       compressors=chunk_compressors(), config=CHUNK_WRITE_CONFIG)
+    data_arr = create_checked_array(tile_group, "data", shape=chw.shape, dtype="float32",
+                                    chunks=(3, min(chunk, height), min(chunk, width)))
     # one band of chunk rows at a time: zarr holds an encoded copy of every chunk it writes at
     # once, so writing the whole tile in one call doubled the tile's memory while it ran
     band = min(chunk, height)
@@ -620,9 +623,7 @@ def _stage_tile(group: zarr.Group, position: int, path: Path, chunk: int) -> _St
     alpha_max = None
     warn: list[str] = []
     if has_alpha:
-        squeezed = np.squeeze(alpha)
-        if squeezed.ndim == 3 and squeezed.shape[0] == 1:
-            squeezed = squeezed[0]
+        squeezed = _alpha_plane(alpha)
         alpha_usable = squeezed.shape == (height, width)
         if not alpha_usable:
             warn.append(f"ALPHA shape {alpha.shape} differs from the data's {(height, width)}: "
@@ -641,10 +642,8 @@ def _stage_tile(group: zarr.Group, position: int, path: Path, chunk: int) -> _St
             if alpha_max <= 0:
                 warn.append("ALPHA is zero everywhere: the tile contributes nothing")
                 log.warning("%s: %s", path, warn[-1])
-            alpha_arr = tile_group.create_array(
-                "alpha", shape=alpha.shape, dtype=alpha.dtype,
-                chunks=(min(chunk, height), min(chunk, width)), compressors=chunk_compressors(),
-                config=CHUNK_WRITE_CONFIG)
+            alpha_arr = create_checked_array(tile_group, "alpha", shape=alpha.shape, dtype=alpha.dtype,
+                                             chunks=(min(chunk, height), min(chunk, width)))
             alpha_arr[...] = alpha
             arrays["alpha"] = alpha
     if n_in == 1:
@@ -748,7 +747,7 @@ def _ingest_tiles(paths: Sequence[str | Path], store_path: str | Path, *, skip_b
         for index, arrays in kept.items():
             for kind, array in arrays.items():
                 cache.put((index, kind), array)
-    return TileStore(store_path, zarr.open_group(str(store_path), mode="r"), records, cache)
+    return TileStore(store_path, group, records, cache)
 
 
 def _stage_tiles(path_list: list[Path], partial: Path, *, skip_bad: bool,
@@ -808,11 +807,7 @@ def _stage_tiles(path_list: list[Path], partial: Path, *, skip_bad: bool,
                 progress(len(accepted), len(path_list), str(path))
     isolated = isolated_tiles([staged.footprint for _, _, staged in accepted])
     for k, problem in isolated:
-        exc = InputError(accepted[k][1], problem)
-        if not skip_bad:
-            raise exc
-        log.warning("skipping bad tile %s", exc)
-        skipped.append(str(exc))
+        skip(InputError(accepted[k][1], problem))
     for k, _ in reversed(isolated):
         del accepted[k]
     if not accepted:
