@@ -51,3 +51,25 @@ def test_a_flipped_byte_still_fails_to_read_with_the_threaded_codec(tmp_path):
     with threaded_checksums():
         with pytest.raises(ValueError, match="checksum"):
             MosaicStore.open(tmp_path / "s.zarr").array("coverage")[...]
+
+
+@pytest.mark.parametrize("nbytes", [1, 3, 4096, 33 * 1024 + 7, 1 << 20])
+def test_threaded_codec_writes_and_checks_exactly_zarrs_crc32c_bytes(nbytes):
+    from zarr.core.array_spec import ArrayConfig, ArraySpec
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.dtype import parse_data_type
+
+    payload = np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8)
+    spec = ArraySpec(shape=(nbytes,), dtype=parse_data_type("uint8", zarr_format=3), fill_value=0,
+                     config=ArrayConfig(order="C", write_empty_chunks=True),
+                     prototype=default_buffer_prototype())
+    chunk = default_buffer_prototype().buffer.from_array_like(payload)
+    ours = ThreadedCrc32cCodec()._encode_sync(chunk, spec).as_numpy_array()
+    zarrs = Crc32cCodec()._encode_sync(chunk, spec).as_numpy_array()
+    assert ours.tobytes() == zarrs.tobytes()                      # byte for byte the same chunk
+    decoded = ThreadedCrc32cCodec()._decode_sync(default_buffer_prototype().buffer.from_array_like(zarrs), spec)
+    assert decoded.as_numpy_array().tobytes() == payload.tobytes()
+    damaged = zarrs.copy()
+    damaged[nbytes // 2] ^= 0x01
+    with pytest.raises(ValueError, match="checksum"):
+        ThreadedCrc32cCodec()._decode_sync(default_buffer_prototype().buffer.from_array_like(damaged), spec)

@@ -121,11 +121,28 @@ class TimedProgress:
         self._print(f"{level}: {text}")
 
 
+def _zarr_loop_cpu_seconds() -> float | None:
+    """CPU seconds of zarr's event-loop thread so far (Linux /proc), or None."""
+    import os
+    import threading
+
+    for thread in threading.enumerate():
+        if thread.name == "zarr_io" and thread.native_id is not None:
+            try:
+                fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                return None
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("tiles_dir")
     p.add_argument("out")
-    p.add_argument("--gpu", default="on")
+    p.add_argument("--gpu", default="on",
+                   help="on | off | auto, or emulate: the device code path with numpy standing in for "
+                        "cupy and a device's whole-block chunks (its host work and GIL time, on any machine)")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--first-pass", action="store_true")
     p.add_argument("--block-size", type=int, default=None)
@@ -144,8 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if sampler is not None:
         sampler.start()
+    device = None
+    if ns.gpu == "emulate":
+        from zemosaic_ooc.backend import GPU_CHUNK_PIXELS, numpy_as_device_backend
+
+        kwargs["gpu"] = "off"
+        device = numpy_as_device_backend(8 * 2**30)
+        device.chunk_pixels = GPU_CHUNK_PIXELS
     summary = run_pipeline(tiles, ns.out, Phase5Options(**kwargs), workers=ns.workers,
-                           progress=TimedProgress(sampler))
+                           progress=TimedProgress(sampler), device=device)
     wall = time.perf_counter() - t0
     if sampler is not None:
         sampler.stop()
@@ -154,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"RESULT {ns.out} gpu={ns.gpu} workers={summary.workers} block={summary.block_size} "
           f"wall {wall:.2f} s backend {summary.backend} device {summary.device}")
     print("stages " + ", ".join(f"{n} {s:.2f}" for n, s in summary.stages), flush=True)
+    loop_cpu = _zarr_loop_cpu_seconds()
+    if loop_cpu is not None:
+        print(f"zarr event-loop thread CPU {loop_cpu:.2f} s (a serial resource: every zarr read and "
+              "write passes through it)", flush=True)
     if ns.compare:
         from gpu_check import _window, parity
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from astropy.io import fits
-from astropy.wcs import WCS
-from astropy.wcs.utils import pixel_to_pixel
+from astropy.wcs import WCS, NoConvergence
+from astropy.wcs.utils import pixel_to_pixel, wcs_to_celestial_frame
 
 from ..store.tiles import header_wcs
 
@@ -38,14 +39,39 @@ def _wcs_from_header_text(text: str) -> WCS:
     return header_wcs(fits.Header.fromstring(text))
 
 
+#: WCS objects whose thread has ended, by key, for the next threads (a stage's thread pool ends
+#: with the stage, and parsing a tile's header again costs ~2 ms under the GIL: 300 parses
+#: in a 16-tile first pass with 8 workers); at most this many keys are kept
+_FREE_WCS_KEYS = 256
+_free_wcs: OrderedDict[str, list[WCS]] = OrderedDict()
+_free_wcs_lock = threading.RLock()       # re-entrant: a cache may be collected inside the lock
+
+
+class _ThreadWcsCache(dict):
+    """One thread's WCS objects (key → WCS); when the thread ends they go back to the pool."""
+
+    def __del__(self) -> None:
+        with _free_wcs_lock:
+            for key, wcs in self.items():
+                _free_wcs.setdefault(key, []).append(wcs)
+                _free_wcs.move_to_end(key)
+            while len(_free_wcs) > _FREE_WCS_KEYS:
+                _free_wcs.popitem(last=False)
+
+
 def thread_wcs(key: str, header_text: str) -> WCS:
-    """A WCS private to the calling thread, built once per (thread, key)."""
+    """A WCS private to the calling thread: built once per key and reused by later threads
+    (never by two threads at once: astropy's WCS is not thread-safe, §0.7)."""
     cache = getattr(_local, "wcs_cache", None)
     if cache is None:
-        cache = _local.wcs_cache = {}
+        cache = _local.wcs_cache = _ThreadWcsCache()
     wcs = cache.get(key)
     if wcs is None:
-        wcs = cache[key] = _wcs_from_header_text(header_text)
+        with _free_wcs_lock:
+            free = _free_wcs.get(key)
+            wcs = free.pop() if free else None
+        cache[key] = wcs if wcs is not None else _wcs_from_header_text(header_text)
+        wcs = cache[key]
     return wcs
 
 
@@ -98,6 +124,50 @@ def _as_wcs(out: Any) -> WCS:
     return out.wcs() if isinstance(out, OutputGrid) else out
 
 
+def _frame_key(wcs: Any) -> tuple | None:
+    """What the world coordinates of ``wcs`` mean, when :func:`_pixel_to_pixel`'s direct path
+    applies to it (2-D celestial, longitude first, no pixel bounds), else None; cached on the
+    WCS object (a thread's own, :func:`thread_wcs`)."""
+    cached = getattr(wcs, "_zemosaic_frame_key", False)
+    if cached is not False:
+        return cached
+    key = None
+    try:
+        if (isinstance(wcs, WCS) and wcs.pixel_n_dim == 2 and wcs.world_n_dim == 2
+                and wcs.pixel_bounds is None and (wcs.wcs.lng, wcs.wcs.lat) == (0, 1)):
+            frame = wcs_to_celestial_frame(wcs)
+            key = (type(frame).__name__,
+                   tuple((name, repr(getattr(frame, name))) for name in sorted(frame.frame_attributes)))
+    except Exception:
+        key = None
+    try:
+        wcs._zemosaic_frame_key = key
+    except AttributeError:
+        pass
+    return key
+
+
+def _pixel_to_pixel(w_from: Any, w_to: Any, a: np.ndarray, b: np.ndarray) -> tuple[Any, Any]:
+    """astropy's ``pixel_to_pixel(w_from, w_to, a, b)``, the same numbers.
+
+    Between two celestial WCS in one frame, astropy's high-level path (SkyCoord objects) comes
+    down to ``all_pix2world`` → longitude wrapped into [0°, 360°) → ``all_world2pix`` (its best
+    solution where it does not converge); that is done here directly, without the ~2 ms per
+    call that the SkyCoord objects cost under the GIL (a control grid of every block and tile
+    in every stage).  Other pairs (other frames, axis orders) go through astropy."""
+    key_from = _frame_key(w_from)
+    if key_from is None or key_from != _frame_key(w_to):
+        return pixel_to_pixel(w_from, w_to, a, b)
+    lon, lat = w_from.all_pix2world(a, b, 0)
+    lon = np.where((lon < 0.0) | (lon >= 360.0), np.mod(lon, 360.0), lon)   # astropy's Longitude
+    try:
+        p, q = w_to.all_world2pix(lon, lat, 0)
+    except NoConvergence as exc:                  # as astropy's world_to_pixel_values
+        best = np.asarray(exc.best_solution)
+        p, q = best[:, 0].reshape(np.shape(lon)), best[:, 1].reshape(np.shape(lon))
+    return p, q
+
+
 def _pixel_map(w_from: Any, w_to: Any, a: np.ndarray, b: np.ndarray,
                roundtrip: bool) -> tuple[np.ndarray, np.ndarray]:
     """Pixel (a, b) of ``w_from`` → pixel of ``w_to`` (float64, astropy's full transform).
@@ -107,11 +177,11 @@ def _pixel_map(w_from: Any, w_to: Any, a: np.ndarray, b: np.ndarray,
     """
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
-        p, q = pixel_to_pixel(w_from, w_to, a, b)
+        p, q = _pixel_to_pixel(w_from, w_to, a, b)
         p = np.array(p, dtype=np.float64)
         q = np.array(q, dtype=np.float64)
         if roundtrip:
-            ab, bb = pixel_to_pixel(w_to, w_from, p, q)
+            ab, bb = _pixel_to_pixel(w_to, w_from, p, q)
             reset = (np.abs(np.asarray(ab) - a) > 1) | (np.abs(np.asarray(bb) - b) > 1)
             if np.any(reset):
                 p[reset] = np.nan

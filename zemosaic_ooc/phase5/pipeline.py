@@ -2,9 +2,12 @@
 
 ingest → plan (grid, tile scalars, §2.8 thresholds, boxes) → calibrate (§3) →
 alpha-union bboxes (§5.3) → background offsets (§4) → pass-1 blocks (§5.1–5.3)
-→ autocrop window (§5.4) → finish blocks (§5.5) → export.
-Two-pass (§6) and the patchwork suppressor (§7) are not implemented yet: a
-default run performs the first pass and says so in its summary.
+→ autocrop window (§5.4) → finish blocks (§5.5) → two-pass renormalisation (§6:
+coverage blur, tile gains, pass-2 background offsets and blocks, P5, merge) →
+patchwork suppressor (§7: statistics, blurs, correction) → export.  Each block
+stage runs through :class:`BlockRunner` (threads or Dask, the OOM guard, the
+journal); a stage the options switch off, or that ZeMosaic skips (§6.8), is named
+in the run's summary.
 """
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ import numpy as np
 import zarr
 
 from ..errors import StoreError
+from .chunks import DirectArray
 from .codecs import create_checked_array
 
 FINAL_ARRAYS = {
@@ -58,15 +59,16 @@ class MosaicStore:
         self.group.attrs.update(json.loads(json.dumps(values, default=_json_default)))
 
     def require(self, name: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...],
-                fill_value: Any = 0) -> zarr.Array:
+                fill_value: Any = 0) -> DirectArray:
         if name in self.group:
-            return self.group[name]
+            return DirectArray(self.group[name])
         # a crc32c checksum per chunk, so a damaged chunk fails to read instead of giving wrong pixels
-        return create_checked_array(self.group, name, shape=shape, dtype=dtype, chunks=chunks,
-                                    fill_value=fill_value)
+        return DirectArray(create_checked_array(self.group, name, shape=shape, dtype=dtype, chunks=chunks,
+                                                fill_value=fill_value))
 
-    def array(self, name: str) -> zarr.Array:
-        return self.group[name]
+    def array(self, name: str) -> DirectArray:
+        """The array ``name``; its slices are read on the calling thread (store/chunks.py)."""
+        return DirectArray(self.group[name])
 
 
 def _json_default(value: Any) -> Any:

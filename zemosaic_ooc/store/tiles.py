@@ -32,6 +32,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 
 from ..concurrency import ordered_map
 from ..errors import InputError, StoreError
+from .chunks import DirectArray
 from .codecs import create_checked_array
 
 log = logging.getLogger(__name__)
@@ -237,10 +238,19 @@ def _feed_file(path: Path, digest: Any, fh: Any = None) -> None:
         digest.update(piece)
 
 
+_SWAP_SLICE = 1 << 18      # float32 values byte-swapped at a time (1 MiB)
+
+
 def _read_big_endian_f4(path: Path, data_offset: int, shape: tuple[int, ...], digest: Any) -> np.ndarray:
     """The big-endian float32 array at ``data_offset`` as native float32, in one read (no copy);
-    ``digest`` (or None) gets every byte of the file on the way."""
-    buffer = bytearray(4 * math.prod(shape))
+    ``digest`` (or None) gets every byte of the file on the way.
+
+    Nothing here holds the GIL for long, so tiles read side by side: the buffer is not zeroed
+    (a ``bytearray`` is, under the GIL), the read and the digest release it, and the bytes are
+    swapped in place a slice at a time by numpy's cast, which releases it too (``byteswap``
+    holds it: 20 ms per 2048² RGB tile against 15 ms, measured)."""
+    count = math.prod(shape)
+    buffer = np.empty(4 * count, dtype=np.uint8)
     with open(path, "rb") as fh:
         if digest is None:
             fh.seek(data_offset)
@@ -252,8 +262,11 @@ def _read_big_endian_f4(path: Path, data_offset: int, shape: tuple[int, ...], di
         if digest is not None:
             digest.update(buffer)
             _feed_file(path, digest, fh)
-    big_endian = np.frombuffer(buffer, dtype=">f4").reshape(shape)
-    return big_endian.byteswap(inplace=True).view(np.float32)
+    big_endian, native = buffer.view(">f4"), buffer.view(np.float32)
+    for start in range(0, count, _SWAP_SLICE):
+        # overlapping views: numpy casts through a slice-sized temporary
+        native[start:start + _SWAP_SLICE] = big_endian[start:start + _SWAP_SLICE]
+    return native.reshape(shape)
 
 
 def validate_wcs(header: fits.Header, path: Path) -> WCS:
@@ -523,6 +536,7 @@ class TileStore:
         self.group = group
         self.records = records
         self.cache = cache
+        self._opened: dict[str, DirectArray] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -530,7 +544,12 @@ class TileStore:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["cache"] = None
+        state["_opened"] = {}
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_opened", {})
 
     @classmethod
     def open(cls, path: str | Path, cache: TileCache | None = None) -> "TileStore":
@@ -538,7 +557,7 @@ class TileStore:
         records = [TileRecord.from_json(d) for d in group.attrs["tiles"]]
         return cls(path, group, records, cache)
 
-    def _cached(self, index: int, kind: str, array: zarr.Array) -> np.ndarray | None:
+    def _cached(self, index: int, kind: str, array: DirectArray) -> np.ndarray | None:
         """The whole plane from the cache, reading it into the cache when it fits in the free
         room; else None (the caller reads its region from the store).
 
@@ -555,15 +574,23 @@ class TileStore:
             self.cache.put((index, kind), whole)
         return whole
 
-    def data(self, index: int) -> zarr.Array:
-        """The (C, H, W) float32 array of tile ``index`` (uncropped)."""
-        return self.group[f"tiles/{index}/data"]
+    def _array(self, name: str) -> DirectArray:
+        """The array ``name``, opened once (its metadata is a file read) and read on the calling
+        thread (store/chunks.py)."""
+        array = self._opened.get(name)
+        if array is None:
+            array = self._opened[name] = DirectArray(self.group[name])
+        return array
 
-    def alpha(self, index: int) -> zarr.Array | None:
+    def data(self, index: int) -> DirectArray:
+        """The (C, H, W) float32 array of tile ``index`` (uncropped)."""
+        return self._array(f"tiles/{index}/data")
+
+    def alpha(self, index: int) -> DirectArray | None:
         """The raw (H, W) ALPHA array of tile ``index``, or None."""
         if not self.records[index].has_alpha:
             return None
-        return self.group[f"tiles/{index}/alpha"]
+        return self._array(f"tiles/{index}/alpha")
 
     def read_data(self, index: int, rows: slice, cols: slice) -> np.ndarray:
         """(C, h, w) float32 region of the uncropped tile."""

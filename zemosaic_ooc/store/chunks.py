@@ -1,0 +1,170 @@
+"""Reads of the project's own Zarr arrays on the calling thread, chunk file by chunk file.
+
+zarr-python reads an array through its one event-loop thread: the chunk files and their
+checksums go to its thread pool, but every chunk is then copied into the result on the loop
+thread.  Every worker's reads queue there: with 2 workers reading whole 1472² RGB blocks the
+loop thread was already busy 14–20 ms per 26 MB block, about all of the time (measured with
+its CPU time, tools/BENCHMARKS.md §9), a serial floor under every block stage however many
+cores the machine has, and under the GPU path whatever its kernels cost.
+
+The arrays this project writes are all one simple layout (:func:`.codecs.create_checked_array`:
+regular chunks, raw little-endian bytes in C order, then a CRC-32C of them), so
+:class:`DirectArray` reads such an array's chunk files itself, on the calling thread: one
+``readinto`` per chunk (the GIL released), the checksum checked (the GIL released), the bytes
+viewed as the array; a read of exactly one whole chunk is that chunk's buffer, with no copy.
+The file layout, chunk keys and fill value come from the array's own zarr metadata; a missing
+chunk reads as the fill value, and a damaged one raises the error zarr raises.  Writes, and
+arrays of any other layout or store, go through zarr unchanged.
+"""
+from __future__ import annotations
+
+import itertools
+import struct
+from pathlib import Path
+from typing import Any
+
+import crc32c
+import numpy as np
+import zarr
+from zarr.codecs import BytesCodec, Crc32cCodec
+from zarr.storage import LocalStore
+
+
+class _Layout:
+    """Where an array's chunk files are and what they hold."""
+
+    def __init__(self, array: zarr.Array) -> None:
+        self.metadata = array.metadata
+        self.folder = Path(array.store.root) / array.path
+        self.dtype = np.dtype(array.dtype)
+        self.shape = tuple(int(n) for n in array.shape)
+        self.chunks = tuple(int(n) for n in array.chunks)
+        self.fill_value = np.array(array.fill_value, dtype=self.dtype)
+
+    def chunk_path(self, coords: tuple[int, ...]) -> Path:
+        return self.folder / self.metadata.encode_chunk_key(coords)
+
+
+def _direct_layout(array: zarr.Array) -> _Layout | None:
+    """The layout when ``array`` is one this module reads itself, else None."""
+    try:
+        meta = array.metadata
+        codecs = tuple(meta.codecs)
+        if (meta.zarr_format != 3 or not isinstance(array.store, LocalStore) or len(codecs) != 2
+                or not isinstance(codecs[0], BytesCodec) or not isinstance(codecs[1], Crc32cCodec)
+                or type(meta.chunk_grid).__name__ != "RegularChunkGrid"):
+            return None
+        dtype = np.dtype(array.dtype)
+        endian = getattr(codecs[0].endian, "value", codecs[0].endian)
+        if dtype.hasobject or (dtype.itemsize > 1 and endian != "little") or not np.little_endian:
+            return None
+        return _Layout(array)
+    except Exception:   # any other array, store or zarr version: zarr reads it
+        return None
+
+
+def read_chunk(layout: _Layout, coords: tuple[int, ...]) -> np.ndarray:
+    """One whole chunk as a writable array of the chunk shape (the fill value if never written)."""
+    path = layout.chunk_path(coords)
+    size = int(np.prod(layout.chunks)) * layout.dtype.itemsize
+    buffer = np.empty(size + 4, dtype=np.uint8)
+    try:
+        with open(path, "rb") as fh:
+            got = fh.readinto(buffer)
+            extra = fh.read(1)
+    except FileNotFoundError:
+        return np.full(layout.chunks, layout.fill_value, dtype=layout.dtype)
+    if got != size + 4 or extra:
+        raise ValueError(f"{path}: chunk of {got + len(extra)} bytes where {size + 4} were expected")
+    data = buffer[:size]
+    stored = bytes(buffer[size:])
+    computed = struct.pack("<I", crc32c.crc32c(data))
+    if computed != stored:
+        raise ValueError(f"Stored and computed checksum do not match. Stored: {stored!r}. "
+                         f"Computed: {computed!r}.")
+    return data.view(layout.dtype).reshape(layout.chunks)
+
+
+def read_region(layout: _Layout, bounds: list[tuple[int, int]]) -> np.ndarray:
+    """The region ``bounds`` ([start, stop) per axis, inside the array) as a new array."""
+    spans = [range(lo // c, -(-hi // c)) if hi > lo else range(0) for (lo, hi), c in zip(bounds, layout.chunks)]
+    shape = tuple(hi - lo for lo, hi in bounds)
+    if len(spans) and all(len(s) == 1 for s in spans):
+        coords = tuple(s[0] for s in spans)
+        whole = all(lo == k * c and hi == min(n, (k + 1) * c)
+                    for (lo, hi), k, c, n in zip(bounds, coords, layout.chunks, layout.shape))
+        if whole:                   # exactly one chunk (an edge chunk is stored at full size)
+            chunk = read_chunk(layout, coords)
+            if shape == layout.chunks:
+                return chunk
+            return np.ascontiguousarray(chunk[tuple(slice(0, s) for s in shape)])
+    out = np.empty(shape, dtype=layout.dtype)
+    for coords in itertools.product(*spans):
+        chunk = read_chunk(layout, coords)
+        src, dst = [], []
+        for (lo, hi), k, c in zip(bounds, coords, layout.chunks):
+            a, b = max(lo, k * c), min(hi, (k + 1) * c)
+            src.append(slice(a - k * c, b - k * c))
+            dst.append(slice(a - lo, b - lo))
+        out[tuple(dst)] = chunk[tuple(src)]
+    return out
+
+
+class DirectArray:
+    """A zarr array whose reads of slices run on the calling thread (see the module's text).
+
+    ``array[...]`` with basic slices (step 1) of an array of the project's layout reads the
+    chunk files directly; every other selection, every write and every attribute is zarr's.
+    """
+
+    def __init__(self, array: zarr.Array) -> None:
+        self._array = array
+        self._layout = _direct_layout(array)
+
+    @property
+    def zarr_array(self) -> zarr.Array:
+        return self._array
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):             # not found on this object (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self._array, name)
+
+    def __reduce__(self) -> tuple:
+        return (DirectArray, (self._array,))
+
+    def __len__(self) -> int:
+        return len(self._array)
+
+    def _bounds(self, selection: Any) -> list[tuple[int, int]] | None:
+        if self._layout is None:
+            return None
+        if not isinstance(selection, tuple):
+            selection = (selection,)
+        if any(s is Ellipsis for s in selection):
+            if sum(s is Ellipsis for s in selection) > 1:
+                return None
+            at = selection.index(Ellipsis)
+            fill = len(self._layout.shape) - (len(selection) - 1)
+            selection = selection[:at] + (slice(None),) * fill + selection[at + 1:]
+        if len(selection) > len(self._layout.shape):
+            return None
+        selection = selection + (slice(None),) * (len(self._layout.shape) - len(selection))
+        bounds = []
+        for s, n in zip(selection, self._layout.shape):
+            if not isinstance(s, slice):
+                return None
+            start, stop, step = s.indices(n)
+            if step != 1:
+                return None
+            bounds.append((start, max(start, stop)))
+        return bounds
+
+    def __getitem__(self, selection: Any) -> Any:
+        bounds = self._bounds(selection)
+        if bounds is None:
+            return self._array[selection]
+        return read_region(self._layout, bounds)
+
+    def __setitem__(self, selection: Any, value: Any) -> None:
+        self._array[selection] = value
