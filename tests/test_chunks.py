@@ -109,3 +109,40 @@ def test_a_direct_array_pickles_for_dask_workers(tmp_path):
     assert isinstance(again, DirectArray) and float(again[0:20, 0:20].sum()) == 800.0
     again[0:10, 0:10] = 0.0                                             # writes go through zarr
     assert float(DirectArray(array)[0:20, 0:20].sum()) == 600.0
+
+
+@pytest.mark.parametrize("shape, chunks, dtype, fill", [
+    ((70, 53, 3), (16, 16, 3), "float32", float("nan")),
+    ((41, 29), (16, 16), "uint8", 0),
+    ((3, 50, 45), (3, 16, 16), "float32", 0.0),
+])
+def test_direct_writes_make_the_chunk_files_zarr_makes(tmp_path, shape, chunks, dtype, fill):
+    rng = np.random.default_rng(5)
+    by_zarr = _project_array(tmp_path, shape, chunks, dtype, fill, name="by_zarr")
+    by_us = DirectArray(_project_array(tmp_path, shape, chunks, dtype, fill, name="by_us"))
+    values = (rng.random(shape) * 200).astype(dtype)
+    regions = [tuple(slice(0, c) for c in chunks),                                   # one chunk
+               tuple(slice(c, min(n, 3 * c)) for n, c in zip(shape, chunks)),        # 2x2 chunks
+               tuple(slice((n - 1) // c * c, n) for n, c in zip(shape, chunks))]     # the edge chunk
+    for region in regions:
+        by_zarr[region] = values[region]
+        by_us[region] = values[region]
+    files = lambda name: {p.relative_to(tmp_path / "s.zarr" / name): p.read_bytes()  # noqa: E731
+                          for p in (tmp_path / "s.zarr" / name).rglob("*") if p.is_file() and p.name != "zarr.json"}
+    assert files("by_zarr") == files("by_us")                 # the same files, byte for byte
+    assert not list((tmp_path / "s.zarr").rglob("*.partial"))
+    assert np.array_equal(by_us[...], by_zarr[...], equal_nan=True)
+
+
+def test_writes_not_made_of_whole_chunks_and_scalars_go_right(tmp_path):
+    array = _project_array(tmp_path, (40, 40), (16, 16), "float32", 0.0)
+    direct = DirectArray(array)
+    direct[0:32, 0:32] = 3.0                                  # whole chunks, a scalar
+    direct[5:20, 7:9] = np.full((15, 2), 7.0, np.float32)     # part of chunks: zarr merges it
+    direct[32:40, :] = np.arange(40, dtype=np.float64)        # edge chunks, broadcast and cast
+    want = np.zeros((40, 40), np.float32)
+    want[0:32, 0:32] = 3.0
+    want[5:20, 7:9] = 7.0
+    want[32:40, :] = np.arange(40)
+    assert np.array_equal(direct[...], want)
+    assert np.array_equal(zarr.open_array(str(tmp_path / "s.zarr" / "a"), mode="r")[...], want)

@@ -1,25 +1,29 @@
-"""Reads of the project's own Zarr arrays on the calling thread, chunk file by chunk file.
+"""Reads and writes of the project's own Zarr arrays on the calling thread, chunk file by chunk file.
 
-zarr-python reads an array through its one event-loop thread: the chunk files and their
-checksums go to its thread pool, but every chunk is then copied into the result on the loop
-thread.  Every worker's reads queue there: with 2 workers reading whole 1472² RGB blocks the
-loop thread was already busy 14–20 ms per 26 MB block, about all of the time (measured with
-its CPU time, tools/BENCHMARKS.md §9), a serial floor under every block stage however many
-cores the machine has, and under the GPU path whatever its kernels cost.
+zarr-python runs every read and write through its one event-loop thread: the chunk files and
+the checksums go to its thread pool, but each chunk read is copied into the result on the loop
+thread, and each operation's Python machinery runs there too.  Every worker queues on it: with
+2 workers reading whole 1472² RGB blocks the loop thread was busy 14–20 ms per 26 MB block,
+about all of the time (its CPU time; tools/BENCHMARKS.md §9) — a serial floor under every block
+stage however many cores the machine has, and under the GPU path whatever its kernels cost.
 
 The arrays this project writes are all one simple layout (:func:`.codecs.create_checked_array`:
 regular chunks, raw little-endian bytes in C order, then a CRC-32C of them), so
 :class:`DirectArray` reads such an array's chunk files itself, on the calling thread: one
 ``readinto`` per chunk (the GIL released), the checksum checked (the GIL released), the bytes
-viewed as the array; a read of exactly one whole chunk is that chunk's buffer, with no copy.
-The file layout, chunk keys and fill value come from the array's own zarr metadata; a missing
-chunk reads as the fill value, and a damaged one raises the error zarr raises.  Writes, and
-arrays of any other layout or store, go through zarr unchanged.
+viewed as the array — a read of exactly one whole chunk is that chunk's buffer, with no copy.
+A write made of whole chunks writes their files the way zarr does (the same bytes, through a
+temporary file renamed over the old one).  The file layout, chunk keys and fill value come from
+the array's own zarr metadata; a missing chunk reads as the fill value, and a damaged one
+raises the error zarr raises.  Other writes, and arrays of any other layout or store, go
+through zarr unchanged.
 """
 from __future__ import annotations
 
 import itertools
+import os
 import struct
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -110,11 +114,46 @@ def read_region(layout: _Layout, bounds: list[tuple[int, int]]) -> np.ndarray:
     return out
 
 
+def write_region(layout: _Layout, bounds: list[tuple[int, int]], value: Any) -> bool:
+    """Write ``value`` (broadcast to the region) over ``bounds`` when the region is made of whole
+    chunks (an edge chunk up to the array's edge): each chunk file as zarr writes it (the values,
+    the fill value beyond the array's edge, then the CRC-32C), through a temporary file renamed
+    over the old one.  False, writing nothing, for any other region (zarr then writes it)."""
+    spans = []
+    for (lo, hi), c, n in zip(bounds, layout.chunks, layout.shape):
+        if hi <= lo or lo % c or (hi % c and hi != n):
+            return False
+        spans.append(range(lo // c, -(-hi // c)))
+    values = np.broadcast_to(np.asarray(value).astype(layout.dtype, copy=False),
+                             tuple(hi - lo for lo, hi in bounds))
+    for coords in itertools.product(*spans):
+        part = values[tuple(slice(k * c - lo, min(hi, (k + 1) * c) - lo)
+                            for (lo, hi), k, c in zip(bounds, coords, layout.chunks))]
+        if part.shape != layout.chunks:                  # an edge chunk: the fill value beyond
+            whole = np.full(layout.chunks, layout.fill_value, dtype=layout.dtype)
+            whole[tuple(slice(0, s) for s in part.shape)] = part
+            part = whole
+        data = np.ascontiguousarray(part).reshape(-1).view(np.uint8)
+        path = layout.chunk_path(coords)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+        try:
+            with open(partial, "wb") as fh:
+                fh.write(data)
+                fh.write(struct.pack("<I", crc32c.crc32c(data)))
+            os.replace(partial, path)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+    return True
+
+
 class DirectArray:
-    """A zarr array whose reads of slices run on the calling thread (see the module's text).
+    """A zarr array whose slices are read and written on the calling thread (the module's text).
 
     ``array[...]`` with basic slices (step 1) of an array of the project's layout reads the
-    chunk files directly; every other selection, every write and every attribute is zarr's.
+    chunk files directly, and writes them directly where the slice is made of whole chunks;
+    every other selection or write, and every attribute, is zarr's.
     """
 
     def __init__(self, array: zarr.Array) -> None:
@@ -167,4 +206,6 @@ class DirectArray:
         return read_region(self._layout, bounds)
 
     def __setitem__(self, selection: Any, value: Any) -> None:
-        self._array[selection] = value
+        bounds = self._bounds(selection)
+        if bounds is None or not write_region(self._layout, bounds, value):
+            self._array[selection] = value

@@ -637,10 +637,11 @@ def _stage_tile(group: zarr.Group, position: int, path: Path, chunk: int) -> _St
     chw, alpha, header, n_in, _, checksum, footprint = _inspect_tile(path)
     _, height, width = chw.shape
     tile_group = group.require_group(f"staging/{position}")
-    data_arr = create_checked_array(tile_group, "data", shape=chw.shape, dtype="float32",
-                                    chunks=(3, min(chunk, height), min(chunk, width)))
-    # one band of chunk rows at a time: zarr holds an encoded copy of every chunk it writes at
-    # once, so writing the whole tile in one call doubled the tile's memory while it ran
+    data_arr = DirectArray(create_checked_array(tile_group, "data", shape=chw.shape, dtype="float32",
+                                                chunks=(3, min(chunk, height), min(chunk, width))))
+    # one band of chunk rows at a time (whole chunks, written directly by store/chunks.py, one
+    # chunk's copy at a time; a write through zarr holds an encoded copy of every chunk of the
+    # call at once, which doubled the tile's memory when the whole tile went in one call)
     band = min(chunk, height)
     for row in range(0, height, band):
         data_arr[:, row:row + band, :] = chw[:, row:row + band, :]
@@ -669,8 +670,9 @@ def _stage_tile(group: zarr.Group, position: int, path: Path, chunk: int) -> _St
             if alpha_max <= 0:
                 warn.append("ALPHA is zero everywhere: the tile contributes nothing")
                 log.warning("%s: %s", path, warn[-1])
-            alpha_arr = create_checked_array(tile_group, "alpha", shape=alpha.shape, dtype=alpha.dtype,
-                                             chunks=(min(chunk, height), min(chunk, width)))
+            alpha_arr = DirectArray(create_checked_array(tile_group, "alpha", shape=alpha.shape,
+                                                         dtype=alpha.dtype,
+                                                         chunks=(min(chunk, height), min(chunk, width))))
             alpha_arr[...] = alpha
             arrays["alpha"] = alpha
     if n_in == 1:
