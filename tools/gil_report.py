@@ -4,7 +4,7 @@ The block stages run on threads, and numpy, the checksums and the file I/O relea
 so on a many-core machine a run cannot be faster than the time some thread holds the GIL
 (Python code, and C code that keeps it).  That is the serial floor of the CPU path with
 many workers, and of the GPU path whatever its kernels cost.  Measure it with py-spy
-(``pip install py-spy``), on any machine::
+(``pip install -e ".[profile]"``), on any machine::
 
     py-spy record --gil -r 100 -f raw -o gil.txt -- \\
         python tools/gpu_diag.py TILES OUT.zarr --gpu emulate --workers 2 --dump-every 1000

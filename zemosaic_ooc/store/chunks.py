@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import itertools
 import os
-import struct
 import uuid
 from pathlib import Path
 from typing import Any
 
-import crc32c
 import numpy as np
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec
 from zarr.storage import LocalStore
+
+from .codecs import check_chunk, chunk_checksum
 
 
 class _Layout:
@@ -81,11 +81,7 @@ def read_chunk(layout: _Layout, coords: tuple[int, ...]) -> np.ndarray:
     if got != size + 4 or extra:
         raise ValueError(f"{path}: chunk of {got + len(extra)} bytes where {size + 4} were expected")
     data = buffer[:size]
-    stored = bytes(buffer[size:])
-    computed = struct.pack("<I", crc32c.crc32c(data))
-    if computed != stored:
-        raise ValueError(f"Stored and computed checksum do not match. Stored: {stored!r}. "
-                         f"Computed: {computed!r}.")
+    check_chunk(data, bytes(buffer[size:]))
     return data.view(layout.dtype).reshape(layout.chunks)
 
 
@@ -140,7 +136,7 @@ def write_region(layout: _Layout, bounds: list[tuple[int, int]], value: Any) -> 
         try:
             with open(partial, "wb") as fh:
                 fh.write(data)
-                fh.write(struct.pack("<I", crc32c.crc32c(data)))
+                fh.write(chunk_checksum(data))
             os.replace(partial, path)
         except BaseException:
             partial.unlink(missing_ok=True)

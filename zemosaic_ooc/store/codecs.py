@@ -32,9 +32,18 @@ from zarr.codecs import Crc32cCodec
 from zarr.registry import register_codec
 
 
-def _checksum_bytes(data: np.ndarray) -> bytes:
-    """CRC-32C of a byte array, as the 4 little-endian bytes zarr stores after a chunk."""
+def chunk_checksum(data: np.ndarray) -> bytes:
+    """CRC-32C of a chunk's bytes, as the 4 little-endian bytes zarr stores after them
+    (computed without holding the GIL)."""
     return struct.pack("<I", crc32c.crc32c(data))
+
+
+def check_chunk(data: np.ndarray, stored: bytes) -> None:
+    """Raise zarr's error when ``stored`` is not the checksum of ``data``."""
+    computed = chunk_checksum(data)
+    if computed != stored:
+        raise ValueError(f"Stored and computed checksum do not match. Stored: {stored!r}. "
+                         f"Computed: {computed!r}.")
 
 
 class ThreadedCrc32cCodec(Crc32cCodec):
@@ -44,17 +53,14 @@ class ThreadedCrc32cCodec(Crc32cCodec):
     def _decode_sync(self, chunk_bytes: Any, chunk_spec: Any) -> Any:
         data = chunk_bytes.as_numpy_array()
         inner = data[:-4]
-        stored, computed = bytes(data[-4:]), _checksum_bytes(inner)
-        if computed != stored:
-            raise ValueError(f"Stored and computed checksum do not match. Stored: {stored!r}. "
-                             f"Computed: {computed!r}.")
+        check_chunk(inner, bytes(data[-4:]))
         return chunk_spec.prototype.buffer.from_array_like(inner)
 
     def _encode_sync(self, chunk_bytes: Any, chunk_spec: Any) -> Any:
         data = chunk_bytes.as_numpy_array()
         out = np.empty(data.size + 4, dtype=np.uint8)     # one copy, made without the GIL
         out[:-4] = data.reshape(-1).view(np.uint8)
-        out[-4:] = np.frombuffer(_checksum_bytes(data), dtype=np.uint8)
+        out[-4:] = np.frombuffer(chunk_checksum(data), dtype=np.uint8)
         return chunk_spec.prototype.buffer.from_array_like(out)
 
     async def _decode_single(self, chunk_bytes: Any, chunk_spec: Any) -> Any:
