@@ -30,7 +30,7 @@ STEPS = [("ingest_tiles", "ingest"), ("_stage_tile", "ingest"), ("compute_output
          ("blur_task", "coverage blur"), ("tile_gain", "two-pass gains"), ("pass2_task", "pass 2"),
          ("pass2_commit", "pass 2"), ("luminance_values", "P5"), ("merge_task", "merge"),
          ("_patchwork", "patchwork"), ("exact_percentiles", "percentiles")]
-_SITE = re.compile(r"\(/.*?/(site-packages/|lib/python3\.\d+/)")
+_SITE = re.compile(r"\(/[^()]*?/(?:site|dist)-packages/|\(/[^()]*?/lib/python3\.\d+/")
 
 
 def _short(frame: str) -> str:
