@@ -146,3 +146,12 @@ def test_writes_not_made_of_whole_chunks_and_scalars_go_right(tmp_path):
     want[32:40, :] = np.arange(40)
     assert np.array_equal(direct[...], want)
     assert np.array_equal(zarr.open_array(str(tmp_path / "s.zarr" / "a"), mode="r")[...], want)
+
+
+def test_a_store_opened_read_only_refuses_direct_writes_as_zarr_does(tmp_path):
+    array = _project_array(tmp_path, (20, 20), (10, 10), "float32", 0.0)
+    array[...] = 1.0
+    opened = DirectArray(zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["a"])
+    with pytest.raises(Exception):
+        opened[0:10, 0:10] = 5.0
+    assert float(opened[...].sum()) == 400.0

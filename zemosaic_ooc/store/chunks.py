@@ -203,5 +203,6 @@ class DirectArray:
 
     def __setitem__(self, selection: Any, value: Any) -> None:
         bounds = self._bounds(selection)
-        if bounds is None or not write_region(self._layout, bounds, value):
+        read_only = bool(getattr(self._array.store, "read_only", False))    # zarr raises then
+        if bounds is None or read_only or not write_region(self._layout, bounds, value):
             self._array[selection] = value
