@@ -121,12 +121,38 @@ def copy_rates() -> dict[str, float]:
     return rates
 
 
+def zarr_loop_cpu_seconds() -> float | None:
+    """CPU seconds of zarr's event-loop thread so far (Linux /proc), or None: every zarr read
+    and write that is not done on the calling thread (store/chunks.py) passes through it."""
+    import threading
+
+    for thread in threading.enumerate():
+        if thread.name == "zarr_io" and thread.native_id is not None:
+            try:
+                fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                return None
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
+#: what the last :func:`timed_run` used besides wall time: the process's CPU seconds (all
+#: threads; / wall = cores kept busy) and zarr's loop thread's
+LAST_RUN_CPU: dict[str, float | None] = {}
+
+
 def timed_run(tiles: list[Path], out: Path, opts: Phase5Options, **kwargs: Any) -> tuple[float, Any]:
     if out.exists():
         shutil.rmtree(out)
+    cpu0, loop0 = time.process_time(), zarr_loop_cpu_seconds()
     t0 = time.perf_counter()
     summary = run_pipeline(tiles, out, opts, **kwargs)
-    return time.perf_counter() - t0, summary
+    wall = time.perf_counter() - t0
+    loop1 = zarr_loop_cpu_seconds()
+    LAST_RUN_CPU.clear()
+    LAST_RUN_CPU.update(process_cpu_s=time.process_time() - cpu0,
+                        zarr_loop_cpu_s=None if loop1 is None else loop1 - (loop0 or 0.0))
+    return wall, summary
 
 
 def check_set(name: str, tiles: list[Path], work: Path, ns: argparse.Namespace,
@@ -138,13 +164,16 @@ def check_set(name: str, tiles: list[Path], work: Path, ns: argparse.Namespace,
         kwargs.update(two_pass_coverage_renorm=False, patchwork_suppressor_enabled=False)
     opts = Phase5Options(**kwargs)
     cpu_s, cpu_summary = timed_run(tiles, work / f"{name}_cpu.zarr", opts, workers=ns.cpu_workers)
+    cpu_used = dict(LAST_RUN_CPU)
     gpu_s, gpu_summary = timed_run(tiles, work / f"{name}_gpu.zarr", opts, workers=ns.gpu_workers,
                                    device=cupy_backend(ns.gpu_budget))
+    gpu_used = dict(LAST_RUN_CPU)
     row: dict[str, Any] = {"set": name, "n_tiles": len(tiles), "first_pass_only": first_pass_only,
                            "shape_hw": list(cpu_summary.shape_hw), "cpu_s": cpu_s, "gpu_s": gpu_s,
                            "cpu_workers": ns.cpu_workers, "gpu_workers": gpu_summary.workers,
                            "cpu_stages": cpu_summary.stages, "gpu_stages": gpu_summary.stages,
-                           "gpu_device": gpu_summary.device}
+                           "gpu_device": gpu_summary.device, "cpu_run_host": cpu_used,
+                           "gpu_run_host": gpu_used}
     covered = cpu_summary.valid_fraction * (cpu_summary.window[1] - cpu_summary.window[0]) * \
         (cpu_summary.window[3] - cpu_summary.window[2])
     row["covered_mpix"] = covered / 1e6
@@ -231,6 +260,13 @@ def print_row(row: dict[str, Any]) -> None:
           f"({row['gpu_workers']} threads), "
           f"CPU/GPU {row['cpu_s'] / row['gpu_s']:.2f}x; moved {row['bytes_moved'] / 1e9:.2f} GB "
           f"({row['avg_GBps']:.2f} GB/s average) {'PASS' if row['pass'] else 'FAIL'}", flush=True)
+    for label, seconds in (("CPU", row["cpu_s"]), ("GPU", row["gpu_s"])):
+        used = row.get(f"{label.lower()}_run_host", {})
+        if used.get("process_cpu_s") is not None:
+            loop = used.get("zarr_loop_cpu_s")
+            print(f"{'':26s} {label} run host: process CPU {used['process_cpu_s']:.1f} s "
+                  f"({used['process_cpu_s'] / max(seconds, 1e-9):.1f} cores busy on average)"
+                  + ("" if loop is None else f", zarr loop thread {loop:.2f} s"), flush=True)
     print(f"{'':26s} CPU stages " + ", ".join(f"{n} {s:.2f}" for n, s in row["cpu_stages"]))
     print(f"{'':26s} GPU stages " + ", ".join(f"{n} {s:.2f}" for n, s in row["gpu_stages"]))
 

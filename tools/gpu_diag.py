@@ -121,21 +121,6 @@ class TimedProgress:
         self._print(f"{level}: {text}")
 
 
-def _zarr_loop_cpu_seconds() -> float | None:
-    """CPU seconds of zarr's event-loop thread so far (Linux /proc), or None."""
-    import os
-    import threading
-
-    for thread in threading.enumerate():
-        if thread.name == "zarr_io" and thread.native_id is not None:
-            try:
-                fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                return None
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("tiles_dir")
@@ -178,10 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"RESULT {ns.out} gpu={ns.gpu} workers={summary.workers} block={summary.block_size} "
           f"wall {wall:.2f} s backend {summary.backend} device {summary.device}")
     print("stages " + ", ".join(f"{n} {s:.2f}" for n, s in summary.stages), flush=True)
-    loop_cpu = _zarr_loop_cpu_seconds()
+    from gpu_check import zarr_loop_cpu_seconds
+
+    loop_cpu = zarr_loop_cpu_seconds()
     if loop_cpu is not None:
-        print(f"zarr event-loop thread CPU {loop_cpu:.2f} s (a serial resource: every zarr read and "
-              "write passes through it)", flush=True)
+        print(f"zarr event-loop thread CPU {loop_cpu:.2f} s (serial: what zarr reads or writes itself "
+              "passes through that thread)", flush=True)
     if ns.compare:
         from gpu_check import _window, parity
 
