@@ -3,6 +3,9 @@
 # a small full run that compiles the kernels) and on the CPU, each with gpu_diag's stack
 # sampler; the CPU run also prints its parity with the GPU's.  Logs to $OUT; about 2 minutes.
 # Carry .whl and device_fixtures as for tools/device_gpu_run.sh (and .cupy_cache when unpacked).
+# GIL=1 (with py-spy's wheel in .whl): each run is recorded by py-spy --gil instead of the stack
+# sampler, and tools/gil_report.py prints how long the run held the GIL (BENCHMARKS.md §9): the
+# host's serial floor on that machine.
 set -u
 source tools/device_env.sh
 python3 - <<'PY'
@@ -13,14 +16,30 @@ make_demo_tiles("/tmp/syn44", nx=4, ny=4, tile_hw=(2048, 2048), overlap=0.15, se
                 workers=os.cpu_count())
 PY
 D="python3 tools/gpu_diag.py"
+SPY=/tmp/site/bin/py-spy
+gil_run() {  # gil_run NAME ARGS...: the run under py-spy --gil when asked and possible
+  local name=$1; shift
+  if [ "${GIL:-0}" = 1 ] && [ -x "$SPY" ]; then
+    "$SPY" record --gil -r 100 -f raw -o "$OUT/gil_$name.txt" -- $D "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    if [ -s "$OUT/gil_$name.txt" ]; then
+      python3 tools/gil_report.py "$OUT/gil_$name.txt" --top 15 > "$OUT/gil_$name.report"
+    else
+      echo "py-spy could not record (ptrace not allowed?); running without it"
+      $D "$@" > "$OUT/$name.log" 2>&1; rc=$?
+    fi
+    return $rc
+  fi
+  $D "$@" --sample-stacks ${SAMPLE_MS:-10} > "$OUT/$name.log" 2>&1
+}
 timeout 150 $D /tmp/warm /tmp/warm_gpu.zarr --gpu on --dump-every 100 > "$OUT/warm.log" 2>&1
 echo "warm-up rc $?"; tail -2 "$OUT/warm.log"
-timeout 150 $D /tmp/syn44 /tmp/gpu.zarr --gpu on --first-pass --sample-stacks ${SAMPLE_MS:-10} \
-  --dump-every 120 > "$OUT/gpu_fp.log" 2>&1
+export -f gil_run; export D SPY OUT
+timeout 150 bash -c 'gil_run gpu_fp /tmp/syn44 /tmp/gpu.zarr --gpu on --first-pass --dump-every 120'
 echo "gpu rc $?"
-timeout 150 $D /tmp/syn44 /tmp/cpu.zarr --gpu off --first-pass --sample-stacks ${SAMPLE_MS:-10} \
-  --dump-every 120 --compare /tmp/gpu.zarr > "$OUT/cpu_fp.log" 2>&1
+timeout 150 bash -c 'gil_run cpu_fp /tmp/syn44 /tmp/cpu.zarr --gpu off --first-pass --dump-every 120 --compare /tmp/gpu.zarr'
 echo "cpu rc $?"
 for f in gpu_fp cpu_fp; do
-  echo "=== $f"; grep -E "^(RESULT|stages|PARITY|STACKS|    )|start \(|finished" "$OUT/$f.log" | cut -c1-150
+  echo "=== $f"; grep -E "^(RESULT|stages|PARITY|STACKS|zarr|    )|start \(|finished" "$OUT/$f.log" | cut -c1-150
+  [ -f "$OUT/gil_$f.report" ] && cat "$OUT/gil_$f.report"
 done
