@@ -13,7 +13,6 @@ import datetime as _dt
 import html
 import json
 import math
-import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 
 from ..errors import StoreError
 from ..memory import release_memory
+from ..store.files import written_atomically
 from . import figures
 from .footprints import TileFootprint, tile_footprints
 from .reading import get_array, open_journal, open_store, parse_block, strided, window_of
@@ -120,9 +120,8 @@ class _Images:
         from PIL import Image
         import io
         path = self.dir / f"{self.stem}_{name}.png"
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_bytes(png)
-        os.replace(tmp, path)
+        with written_atomically(path) as tmp:
+            tmp.write_bytes(png)
         with Image.open(io.BytesIO(png)) as im:
             self.sizes[name] = (int(im.size[0]), int(im.size[1]))
         self.paths[name] = path
@@ -682,9 +681,8 @@ def build_report(store_path: str | Path, html_path: str | Path | None = None, *,
            f"<h1>zemosaic-ooc report: {_esc(store_path.name)}</h1>\n{head}\n{nav}\n"
            + "\n".join(_section(k, body[k]) for k in sections)
            + "\n</body></html>\n")
-    tmp = html_path.with_name(html_path.name + ".partial")
-    tmp.write_text(doc, encoding="utf-8")
-    os.replace(tmp, html_path)
+    with written_atomically(html_path) as tmp:
+        tmp.write_text(doc, encoding="utf-8")
     return ReportResult(html_path=html_path, images=dict(imgs.paths), image_sizes=dict(imgs.sizes),
                         seams=list(seams), flagged=flagged, sections=sections, stride=stride,
                         preview_hw=preview_hw, sky_range=list(sky[2]), rel_threshold=rel_threshold,

@@ -21,8 +21,6 @@ through zarr unchanged.
 from __future__ import annotations
 
 import itertools
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec
 from zarr.storage import LocalStore
 
 from .codecs import check_chunk, chunk_checksum
+from .files import written_atomically
 
 
 class _Layout:
@@ -132,15 +131,9 @@ def write_region(layout: _Layout, bounds: list[tuple[int, int]], value: Any) -> 
         data = np.ascontiguousarray(part).reshape(-1).view(np.uint8)
         path = layout.chunk_path(coords)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-        try:
-            with open(partial, "wb") as fh:
-                fh.write(data)
-                fh.write(chunk_checksum(data))
-            os.replace(partial, path)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+        with written_atomically(path, unique=True) as partial, open(partial, "wb") as fh:
+            fh.write(data)
+            fh.write(chunk_checksum(data))
     return True
 
 

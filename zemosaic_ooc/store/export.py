@@ -21,7 +21,6 @@ chunks zarr decodes for it, whatever the mosaic's width and height.  The file is
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -32,6 +31,8 @@ from typing import Any, Iterator
 import numpy as np
 import zarr
 from astropy.io import fits
+
+from .files import written_atomically
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +52,6 @@ __all__ = ["export_fits", "write_preview_png", "store_window", "window_wcs_heade
 # --------------------------------------------------------------------------------------
 # store helpers
 # --------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _written_atomically(final: Path) -> Iterator[Path]:
-    """Yield ``<final>.partial`` to write; it replaces ``final`` on success, is removed on failure."""
-    partial = Path(str(final) + ".partial")
-    try:
-        yield partial
-        os.replace(partial, final)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-
 
 def _open(store_path: str | Path):
     return zarr.open_group(str(store_path), mode="r")
@@ -263,7 +252,7 @@ def export_fits(mosaic_store_path: str | Path, fits_path: str | Path, *, slab_ro
                      "alpha", np.dtype("u1"), h * w))
 
     fits_path.parent.mkdir(parents=True, exist_ok=True)
-    with _written_atomically(fits_path) as partial:
+    with written_atomically(fits_path) as partial:
         offsets: dict[str, int] = {}
         with open(partial, "w+b", buffering=0) as f:
             # 1. layout: headers written by astropy, data areas left as holes (read as zeros)
@@ -402,6 +391,6 @@ def write_preview_png(mosaic_store_path: str | Path, png_path: str | Path, *,
     del rgb
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    with _written_atomically(Path(png_path)) as partial:
+    with written_atomically(Path(png_path)) as partial:
         Image.fromarray(img8).save(partial, format="PNG")
     return int(img8.shape[1]), int(img8.shape[0])

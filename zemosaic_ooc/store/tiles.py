@@ -691,11 +691,14 @@ def _stage_tile(group: zarr.Group, position: int, path: Path, chunk: int) -> _St
 
 
 def _held_bytes(path: Path, chunk: int = TILE_CHUNK) -> int:
-    """Peak memory of one tile in flight at ingest: its data read once, plus the encoded copies
-    zarr keeps of one band of ``chunk`` rows while it writes them (about twice the band).
+    """Peak memory of one tile in flight at ingest (an upper bound): its data read once, plus
+    twice one band of ``chunk`` rows.
 
-    Measured with tracemalloc (RGB float32 with uint8 ALPHA, 512-row chunks): 1.46× the file for
-    2048 rows (estimate 1.5×), 1.93× for 1024 rows (estimate 2×).  The rows are the header's
+    The twice-a-band term is what zarr held while writing a band (its encoded copies).  That
+    estimate was measured with tracemalloc (RGB float32 with uint8 ALPHA, 512-row chunks): 1.46×
+    the file for 2048 rows against an estimate of 1.5×, and 1.93× for 1024 rows against 2×.
+    The bands are now written chunk by chunk by store/chunks.py, and the peak fell to 1.23× and
+    1.46×, so the estimate is conservative; it is kept as it is.  The rows are the header's
     shorter image side; a header that cannot be read counts as one band (3×)."""
     size = path.stat().st_size
     try:
