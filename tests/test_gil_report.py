@@ -28,11 +28,15 @@ def test_gil_report_adds_samples_by_place_and_by_pipeline_step(tmp_path, gil_rep
         f"Handle._run (asyncio/events.py:80) 20",
         f"Thread._bootstrap (threading.py:1002);_WorkItem.run (concurrent/futures/thread.py:58);"
         f"_put ({site}/zarr/storage/_local.py:84) 10",
+        # a nested function names its step through its enclosing function's qualified name
+        f"Thread._bootstrap (threading.py:1002);block_pair_offsets.<locals>.walk ({root}/phase5/background.py:168);"
+        f"_gather ({root}/phase5/resample.py:110) 5",
         "",
     ]))
     total, places, steps = gil_report.summarize(raw, rate=100.0)
-    assert total == pytest.approx(0.6)
+    assert total == pytest.approx(0.65)
     assert places["_bilinear (zemosaic_ooc/phase5/resample.py:140)"] == pytest.approx(0.3)
     assert places["zarr's event loop (asyncio)"] == pytest.approx(0.2)
     assert places["thread pool: _put (zarr/storage/_local.py:84)"] == pytest.approx(0.1)
     assert steps["pass 1"] == pytest.approx(0.3) and steps["other"] == pytest.approx(0.3)
+    assert steps["background"] == pytest.approx(0.05)

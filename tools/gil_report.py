@@ -29,7 +29,8 @@ STEPS = [("ingest_tiles", "ingest"), ("_stage_tile", "ingest"), ("compute_output
          ("pass1_task", "pass 1"), ("pass1_commit", "pass 1"), ("finish_task", "finish"),
          ("blur_task", "coverage blur"), ("tile_gain", "two-pass gains"), ("pass2_task", "pass 2"),
          ("pass2_commit", "pass 2"), ("luminance_values", "P5"), ("merge_task", "merge"),
-         ("_patchwork", "patchwork"), ("exact_percentiles", "percentiles")]
+         ("_patchwork", "patchwork"), ("_exact_percentiles", "percentiles")]
+_STEP_OF = dict(STEPS)
 _SITE = re.compile(r"\(/[^()]*?/(?:site|dist)-packages/|\(/[^()]*?/lib/python3\.\d+/")
 
 
@@ -64,9 +65,10 @@ def summarize(path: Path, rate: float) -> tuple[float, collections.Counter, coll
         places[place] += n
         step = "other"
         for frame in frames:
-            for name, label in STEPS:
-                if frame.startswith(name + " ") or f".{name} " in frame:
-                    step = label
+            # a frame reads "qual.name (file:line)"; a nested function's qualified name names
+            # its enclosing one ("block_pair_offsets.<locals>.walk"): any part may name the step
+            for part in frame.partition(" ")[0].split("."):
+                step = _STEP_OF.get(part, step)
         steps[step] += n
     scale = 1.0 / rate
     return total * scale, collections.Counter({k: v * scale for k, v in places.items()}), \
