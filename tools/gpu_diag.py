@@ -94,15 +94,36 @@ class StackSampler:
 
 
 class TimedProgress:
+    """Prints each stage's start, blocks and finish; adds up, per segment (a stage, or the
+    "after <stage>" stretch up to the next start), its wall time and the process's CPU time
+    (every thread's), so each segment's cores kept busy on average are known."""
+
     def __init__(self, sampler: "StackSampler | None" = None) -> None:
         self.done: dict[str, int] = {}
         self.sampler = sampler
+        self.segment = "start"
+        self._mark = (time.perf_counter(), time.process_time())
+        self.segments: dict[str, list[float]] = {}
+
+    def _enter(self, segment: str) -> None:
+        now = (time.perf_counter(), time.process_time())
+        wall_cpu = self.segments.setdefault(self.segment, [0.0, 0.0])
+        wall_cpu[0] += now[0] - self._mark[0]
+        wall_cpu[1] += now[1] - self._mark[1]
+        self.segment, self._mark = segment, now
+
+    def report(self) -> None:
+        self._enter("end")
+        print("SEGMENTS (wall s, process CPU s, cores busy on average):")
+        for segment, (wall, cpu) in self.segments.items():
+            print(f"    {segment:32s} {wall:8.2f} {cpu:8.2f} {cpu / max(wall, 1e-9):6.2f}")
 
     def _print(self, text: str) -> None:
         print(f"[{time.perf_counter() - T0:7.2f} s] {text}", flush=True)
 
     def start(self, stage: str, total: int, unit: str = "block") -> None:
         self.done[stage] = 0
+        self._enter(stage)
         if self.sampler is not None:
             self.sampler.stage = stage
         self._print(f"{stage}: start ({total} {unit})")
@@ -113,6 +134,7 @@ class TimedProgress:
             self._print(f"{stage}: {self.done[stage]} done")
 
     def finish(self, stage: str) -> None:
+        self._enter(f"after {stage}")
         if self.sampler is not None:
             self.sampler.stage = f"after {stage}"
         self._print(f"{stage}: finished")
@@ -153,9 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         kwargs["gpu"] = "off"
         device = numpy_as_device_backend(8 * 2**30)
         device.chunk_pixels = GPU_CHUNK_PIXELS
+    progress = TimedProgress(sampler)
     summary = run_pipeline(tiles, ns.out, Phase5Options(**kwargs), workers=ns.workers,
-                           progress=TimedProgress(sampler), device=device)
+                           progress=progress, device=device)
     wall = time.perf_counter() - t0
+    progress.report()
     if sampler is not None:
         sampler.stop()
         sampler.report()

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .demo import DemoSky, load_truth
+from .phase5.channels import all_finite
 from .phase5.stats import robust_sigma
 
 STAR_FREE_ADU = 0.5          # a pixel is "star free" where the stars add < 0.5 ADU to the truth
@@ -86,7 +87,7 @@ def tile_response(store_path: str | Path, truth_path: str | Path, *, margin: int
         inside_strict.append(strict.reshape(h, w))
         inside_loose.append(loose.reshape(h, w))
     count_loose = np.sum(inside_loose, axis=0)
-    finite = np.isfinite(mosaic).all(axis=-1)
+    finite = all_finite(np, mosaic)
     n = len(tiles)
     k_fit = np.full((n, 3), np.nan)
     o_fit = np.full((n, 3), np.nan)

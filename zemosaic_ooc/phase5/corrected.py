@@ -50,6 +50,7 @@ import numpy as np
 from ..backend import Backend
 from ..concurrency import ordered_map
 from ..store.tiles import TileStore
+from .channels import all_finite
 from .coadd import TileView, open_view
 from .graph import DisjointSets
 from .grid import Box, intersect
@@ -206,7 +207,7 @@ def pair_samples(backend: Backend, store: TileStore, tile_i: TilePlan, tile_j: T
             continue
         data_i, weight_i = _strip_samples(xp, view_i)
         data_j, weight_j = _strip_samples(xp, view_j)
-        valid = (xp.all(xp.isfinite(data_i), axis=-1) & xp.all(xp.isfinite(data_j), axis=-1)
+        valid = (all_finite(xp, data_i) & all_finite(xp, data_j)
                  & (weight_i >= FULL_WEIGHT * float(tile_i.tau))
                  & (weight_j >= FULL_WEIGHT * float(tile_j.tau)))
         n_pixels += int(xp.count_nonzero(valid))

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import Backend
+from .channels import all_finite
 
 LUMA = (0.2126, 0.7152, 0.0722)
 PRESETS = {"low": (0.70, 0.90, 0.85), "normal": (1.0, 1.0, 1.0), "strong": (1.30, 1.10, 1.20)}
@@ -86,7 +87,7 @@ def luminance(backend: Backend, mosaic: Any) -> Any:
 
 def valid_mask(backend: Backend, mosaic: Any, coverage: Any, alpha: Any) -> Any:
     xp = backend.xp
-    return (xp.isfinite(mosaic).all(axis=-1) & (alpha > 0) & xp.isfinite(coverage) & (coverage > 0))
+    return (all_finite(xp, mosaic) & (alpha > 0) & xp.isfinite(coverage) & (coverage > 0))
 
 
 def filled_luminance(backend: Backend, mosaic: Any, valid: Any, median_y: float) -> Any:

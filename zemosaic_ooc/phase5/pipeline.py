@@ -38,6 +38,7 @@ from ..store.mosaic import MosaicStore
 from ..store.tiles import TileCache, TileStore, ingest_tiles
 from .background import background_offsets
 from .calibrate import CalibrationResult, calibrate
+from .channels import channel_mean, count_all_finite
 from .corrected import corrected_calibration, corrected_to_json
 from .coadd import BlockResult, coadd_block, union_bbox
 from .finish import alpha_source_index, alpha_u8, autocrop_window, finish_values
@@ -743,7 +744,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         mosaic_arr[iy0:iy1, ix0:ix1, :] = mos
         coverage_arr[iy0:iy1, ix0:ix1] = cov
         alpha_arr[iy0:iy1, ix0:ix1] = a8
-        return int(np.count_nonzero(np.isfinite(mos).all(axis=-1)))
+        return count_all_finite(np, mos)
 
     def finish_recover(box: Box) -> int:
         y0, y1, x0, x1 = box
@@ -752,7 +753,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
             return 0
         coverage_arr[iy0:iy1, ix0:ix1]
         alpha_arr[iy0:iy1, ix0:ix1]
-        return int(np.count_nonzero(np.isfinite(mosaic_arr[iy0:iy1, ix0:ix1, :]).all(axis=-1)))
+        return count_all_finite(np, mosaic_arr[iy0:iy1, ix0:ix1, :])
 
     valid_counts = runner.run("finish", blocks, finish_task, guarded=False, recover=finish_recover)
     window_pixels = max(1, (wy1 - wy0) * (wx1 - wx0))
@@ -921,7 +922,7 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
     def luminance_values(box: Box) -> np.ndarray:
         y0, y1, x0, x1 = box
         valid = (c1[y0:y1, x0:x1] > 0) & (c2[y0:y1, x0:x1] > 0)
-        lum = m1[y0:y1, x0:x1, :].mean(axis=2, dtype=np.float32)[valid]
+        lum = channel_mean(np, m1[y0:y1, x0:x1, :])[valid]
         return lum[np.isfinite(lum)]
 
     p5 = run_percentiles(blocks, luminance_values, [5.0], opts, runner.workers)[0]
@@ -947,14 +948,14 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         mosaic_arr[y0:y1, x0:x1, :] = mos
         coverage_arr[y0:y1, x0:x1] = cov
         pass2_mask[y0:y1, x0:x1] = use.astype(np.uint8)
-        return int(use.sum()), int(np.count_nonzero(np.isfinite(mos).all(axis=-1)))
+        return int(use.sum()), count_all_finite(np, mos)
 
     def merge_recover(box: Box) -> tuple[int, int]:
         y0, y1, x0, x1 = box
         coverage_arr[y0:y1, x0:x1]
         use = pass2_mask[y0:y1, x0:x1]
         mos = mosaic_arr[y0:y1, x0:x1, :]
-        return int(use.sum()), int(np.count_nonzero(np.isfinite(mos).all(axis=-1)))
+        return int(use.sum()), count_all_finite(np, mos)
 
     counts = runner.run("merge", blocks, merge_task, guarded=False, recover=merge_recover)
     used = sum(c[0] for c in counts)

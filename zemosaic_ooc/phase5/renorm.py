@@ -18,6 +18,7 @@ import numpy as np
 from ..backend import Backend
 from ..store.tiles import TileStore
 from .grid import Box
+from .channels import channel_mean
 from .coadd import tile_strips
 from .mapping import DEFAULT_CONTROL_STEP, OutputGrid
 from .prep import TilePlan, region_mask
@@ -93,8 +94,8 @@ def merge_block(backend: Backend, m1: Any, c1: Any, m2: Any, c2: Any, eps: float
     """§6.6 per pixel: take pass 2 where both coverages > 0 and ℓ2/(ℓ1+ε) ≥ 0.4."""
     xp = backend.xp
     valid = (c1 > 0) & (c2 > 0)
-    lum1 = m1.mean(axis=2, dtype=xp.float32)
-    lum2 = m2.mean(axis=2, dtype=xp.float32)
+    lum1 = channel_mean(xp, m1)
+    lum2 = channel_mean(xp, m2)
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = xp.where(valid, lum2 / (lum1 + xp.float32(eps)), xp.float32(1.0))
     use = valid & (ratio >= 0.4)
