@@ -155,3 +155,50 @@ def test_a_store_opened_read_only_refuses_direct_writes_as_zarr_does(tmp_path):
     with pytest.raises(Exception):
         opened[0:10, 0:10] = 5.0
     assert float(opened[...].sum()) == 400.0
+
+
+def test_a_copy_of_whole_chunks_links_the_files_and_later_writes_stay_apart(tmp_path):
+    shape, chunks = (40, 37, 3), (16, 16, 3)
+    source = DirectArray(_project_array(tmp_path, shape, chunks, "float32", float("nan"), name="src"))
+    target = DirectArray(_project_array(tmp_path, shape, chunks, "float32", float("nan"), name="dst"))
+    values = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    source[0:32, :, :] = values[0:32]                      # rows 32.. never written: fill value
+    target[...] = np.float32(-1.0)                         # old target chunks, replaced or removed
+    target.copy_from(source, (slice(None), slice(None), slice(None)))
+    want = np.full(shape, np.nan, np.float32)
+    want[0:32] = values[0:32]
+    assert np.array_equal(target[...], want, equal_nan=True)
+    assert np.array_equal(zarr.open_array(str(tmp_path / "s.zarr" / "dst"), mode="r")[...], want, equal_nan=True)
+    src_file = tmp_path / "s.zarr" / "src" / "c" / "0" / "0" / "0"
+    dst_file = tmp_path / "s.zarr" / "dst" / "c" / "0" / "0" / "0"
+    assert src_file.stat().st_ino == dst_file.stat().st_ino       # linked, not copied
+    assert not (tmp_path / "s.zarr" / "dst" / "c" / "2" / "0" / "0").exists()
+    assert not list((tmp_path / "s.zarr").rglob("*.partial"))
+    source[0:16, 0:16, :] = np.float32(5.0)                # a later write replaces the file: the
+    assert np.array_equal(target[0:16, 0:16, :], values[0:16, 0:16])   # copy keeps its values
+
+
+def test_a_copy_that_cannot_link_copies_the_values(tmp_path, monkeypatch):
+    import os
+
+    shape, chunks = (20, 20), (10, 10)
+    source = DirectArray(_project_array(tmp_path, shape, chunks, "float32", 0.0, name="src"))
+    other = DirectArray(_project_array(tmp_path, shape, (5, 5), "float32", 0.0, name="other"))
+    target = DirectArray(_project_array(tmp_path, shape, chunks, "float32", 0.0, name="dst"))
+    values = np.arange(400, dtype=np.float32).reshape(shape)
+    source[...] = values
+    other[...] = values
+    target.copy_from(other, (slice(0, 20), slice(0, 20)))          # other chunks: values copied
+    assert np.array_equal(target[...], values)
+    target[...] = 0.0
+    target.copy_from(source, (slice(5, 15), slice(0, 20)))         # not whole chunks
+    assert np.array_equal(target[5:15], values[5:15]) and not target[0:5].any()
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("no hard links here")
+
+    monkeypatch.setattr(os, "link", refuse)
+    target[...] = 0.0
+    target.copy_from(source, (slice(0, 20), slice(0, 20)))         # the file system refuses links
+    assert np.array_equal(target[...], values)
+    assert not list((tmp_path / "s.zarr").rglob("*.partial"))

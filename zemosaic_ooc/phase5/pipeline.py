@@ -976,7 +976,8 @@ def run_patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blo
 
         def copy_task(box: Box) -> None:
             y0, y1, x0, x1 = box
-            output[y0:y1, x0:x1, :] = source[y0:y1, x0:x1, :]
+            # the same chunk files, linked where the file system allows (store/chunks.py)
+            output.copy_from(source, (slice(y0, y1), slice(x0, x1), slice(None)))
 
         runner.run("patchwork (no-op copy)", blocks, copy_task, guarded=False,
                    recover=lambda box: output[box[0]:box[1], box[2]:box[3], :])
@@ -1030,10 +1031,9 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
         valid = pw.valid_mask(backend, m, c, a)
         return backend.to_host(pw.luminance(backend, m)[valid])
 
-    median_y = percentiles(wblocks, y_values, [50.0])[0]
-    if not np.isfinite(median_y):          # no valid pixel at all
-        info["note"] = "no valid pixel (no-op)"
-        return info
+    # The statistics are independent of each other: the cheap ones that can stop the suppressor
+    # come first, so a no-op (no valid pixel, or a seam gradient whose P99 is zero: a seam
+    # line is a few pixels wide, under 1 % of most mosaics) never scans the mosaic for median(Y)
     block_maxima = ordered_map(lambda b: float(np.nanmax(np.nan_to_num(
         coverage[wy0 + b[0]:wy0 + b[1], wx0 + b[2]:wx0 + b[3]]))), wblocks, runner.workers)
     max_c = -np.inf
@@ -1041,8 +1041,8 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
         if isinstance(block_max, BaseException):
             raise block_max
         max_c = max(max_c, block_max)
-    if not max_c > 0:
-        info["note"] = "coverage is zero everywhere (no-op)"
+    if not max_c > 0:                      # a valid pixel has a coverage > 0
+        info["note"] = "no valid pixel (no-op)"
         return info
 
     def gradient_block(box: Box, halo: int, be: Backend = backend):
@@ -1057,8 +1057,15 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
         return backend.to_host(g[inner][valid[inner]])
 
     g99 = percentiles(wblocks, g_values, [99.0])[0]
-    if not (np.isfinite(g99) and g99 > 1e-9):
+    if not np.isfinite(g99):               # no value at all: G is finite wherever C is
+        info["note"] = "no valid pixel (no-op)"
+        return info
+    if not g99 > 1e-9:
         info["note"] = "seam gradient P99 is zero (no-op)"
+        return info
+    median_y = percentiles(wblocks, y_values, [50.0])[0]
+    if not np.isfinite(median_y):
+        info["note"] = "no valid pixel (no-op)"
         return info
     # on the full grid, so block writes stay inside one chunk (concurrent writes to one chunk race)
     delta_store = store.require("stages/patchwork_delta", (grid_h, grid_w), "float32", (block, block))

@@ -21,6 +21,8 @@ through zarr unchanged.
 from __future__ import annotations
 
 import itertools
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,45 @@ def write_region(layout: _Layout, bounds: list[tuple[int, int]], value: Any) -> 
     return True
 
 
+def _same_layout(a: _Layout, b: _Layout) -> bool:
+    return (a.shape == b.shape and a.chunks == b.chunks and a.dtype == b.dtype
+            and np.array_equal(a.fill_value, b.fill_value, equal_nan=a.dtype.kind in "fc"))
+
+
+def link_region(source: _Layout, target: _Layout, bounds: list[tuple[int, int]]) -> bool:
+    """Make ``target``'s chunks over ``bounds`` the same files as ``source``'s: a hard link per
+    chunk file (no bytes read or written), through a temporary name renamed over the old file;
+    a chunk ``source`` never wrote is removed from ``target`` (both read as the fill value).
+    Chunk files are only ever replaced by a rename, never rewritten in place, so a later write
+    to either array leaves the other's chunk as it was.  False, having linked a part or none,
+    when the two layouts differ, the region is not made of whole chunks, or the file system
+    refuses hard links: the caller then copies the values (over any linked part)."""
+    if not _same_layout(source, target):
+        return False
+    spans = []
+    for (lo, hi), c, n in zip(bounds, target.chunks, target.shape):
+        if hi <= lo or lo % c or (hi % c and hi != n):
+            return False
+        spans.append(range(lo // c, -(-hi // c)))
+    for coords in itertools.product(*spans):
+        path = target.chunk_path(coords)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+        try:
+            os.link(source.chunk_path(coords), partial)
+        except FileNotFoundError:
+            path.unlink(missing_ok=True)
+            continue
+        except OSError:
+            return False
+        try:
+            os.replace(partial, path)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+    return True
+
+
 class DirectArray:
     """A zarr array whose slices are read and written on the calling thread (the module's text).
 
@@ -199,3 +240,12 @@ class DirectArray:
         read_only = bool(getattr(self._array.store, "read_only", False))    # zarr raises then
         if bounds is None or read_only or not write_region(self._layout, bounds, value):
             self._array[selection] = value
+
+    def copy_from(self, source: "DirectArray", selection: Any) -> None:
+        """``self[selection] = source[selection]``; whole chunks of two arrays of the same layout
+        are linked (:func:`link_region`), not read and written."""
+        bounds = self._bounds(selection)
+        read_only = bool(getattr(self._array.store, "read_only", False))
+        if (bounds is None or read_only or source._layout is None
+                or not link_region(source._layout, self._layout, bounds)):
+            self[selection] = source[selection]
