@@ -65,6 +65,33 @@ def test_injected_ooms_replay_blocks_on_cpu_with_identical_result(tiles, referen
     assert summary.device["oom_strikes"] == 2 and summary.device["disabled_reason"] is None
 
 
+def test_finish_merge_and_the_statistics_run_on_the_device_and_replay_on_cpu_alike(tiles, reference_run,
+                                                                                  tmp_path):
+    # the host work of the later stages (finish §5.5, the two-pass P5 and merge §6.6, the
+    # patchwork's statistics §7) runs on the device too; an OOM in any of them replays that
+    # block on the CPU and the mosaic is the same
+    stages = ("finish", "two-pass P5", "merge", "patchwork statistics")
+    seen: dict[str, int] = {}
+    struck: list[str] = []
+
+    def inject(stage, box, device):
+        seen[stage] = seen.get(stage, 0) + 1
+        if stage in stages and seen[stage] == 2:
+            struck.append(stage)
+            raise DeviceOutOfMemory("out of memory (injected)")
+
+    out = tmp_path / "later.zarr"
+    summary = run_pipeline(tiles, out, Phase5Options(block_size=128), device=numpy_as_device_backend(),
+                           fault_injector=inject, max_oom=10)
+    assert sorted(struck) == sorted(stages)
+    assert summary.device["replays_by_stage"] == {stage: 1 for stage in stages}
+    assert summary.device["disabled_reason"] is None
+    assert_same_mosaic(read_store_window(out), reference_run)
+    rows = _journal(out)
+    for stage in ("finish", "merge"):
+        assert {(r[2], r[3]) for r in rows if r[0] == stage} == {("cpu-as-device", 0), ("cpu", 1)}
+
+
 def test_gpu_is_disabled_after_three_ooms(tiles, reference_run, tmp_path):
     def inject(stage, box, device):
         raise DeviceOutOfMemory("out of memory (injected)")

@@ -97,6 +97,12 @@ class MemoryShelf:
             self.items[key] = (value, nbytes, bool(on_device))
             return True
 
+    def get(self, key: Hashable) -> Any | None:
+        """The value kept under ``key`` (None if none), left on the shelf."""
+        with self._lock:
+            item = self.items.get(key)
+            return None if item is None else item[0]
+
     def pop(self, key: Hashable) -> Any | None:
         with self._lock:
             item = self.items.pop(key, None)

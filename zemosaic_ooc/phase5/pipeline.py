@@ -355,6 +355,13 @@ class BlockRunner:
         self.progress.finish(stage)
         return results
 
+    def guarded_values(self, stage: str, values_of: Callable[[Box, Backend], np.ndarray]
+                       ) -> Callable[[Box], np.ndarray]:
+        """``values_of(box, backend)`` through the OOM guard (device first, CPU replay), as the
+        ``values_of(box)`` of a percentile scan: the values are computed where the blocks are,
+        and only they come back to the host."""
+        return lambda box: self.guard.call(stage, box, values_of)
+
     def _execute(self, stage: str, boxes: Sequence[Box], todo: list[int],
                  call: Callable[[Box], tuple[Any, str, float, bool]], task: Callable[..., Any],
                  guarded: bool):
@@ -717,14 +724,13 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
                                fill_value=float("nan"))
     coverage_arr = store.require(pass1_coverage_name, (height, width), "float32", (block, block))
     alpha_arr = store.require("alpha", (height, width), "uint8", (block, block))
-    xp = np
-
-    def finish_task(box: Box) -> int:
+    def finish_task(box: Box, be: Backend) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+        """§5.5 on the block's part of the window, on ``be``: (mosaic, coverage, A8, valid pixels)."""
         y0, y1, x0, x1 = box
         iy0, iy1, ix0, ix1 = max(y0, wy0), min(y1, wy1), max(x0, wx0), min(x1, wx1)
-        kept = held.pop(box)
         if iy1 <= iy0 or ix1 <= ix0:
-            return 0
+            return None
+        kept = held.get(box)                  # taken off the shelf by the commit (a replay reads it again)
         inner = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
         mos = p1[iy0:iy1, ix0:ix1, :] if kept is None else kept[0][inner]
         cov = p1_cov[iy0:iy1, ix0:ix1] if kept is None else kept[1][inner]
@@ -739,12 +745,22 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
                 region = p1_union[int(rows.min()):int(rows.max()) + 1,
                                   int(cols.min()):int(cols.max()) + 1]
                 union = region[np.ix_(rows - rows.min(), cols - cols.min())]
-            a8 = alpha_u8(union, xp)
-        mos, cov, a8 = finish_values(mos, cov, a8, xp)
+            a8 = alpha_u8(be.asarray(union), be.xp)
+        mos, cov, a8 = finish_values(be.asarray(mos), be.asarray(cov), a8, be.xp)
+        valid = count_all_finite(be.xp, mos)
+        return be.to_host(mos), be.to_host(cov), be.to_host(a8), valid
+
+    def finish_commit(box: Box, result: tuple[np.ndarray, np.ndarray, np.ndarray, int] | None) -> int:
+        held.pop(box)
+        if result is None:
+            return 0
+        y0, y1, x0, x1 = box
+        iy0, iy1, ix0, ix1 = max(y0, wy0), min(y1, wy1), max(x0, wx0), min(x1, wx1)
+        mos, cov, a8, valid = result
         mosaic_arr[iy0:iy1, ix0:ix1, :] = mos
         coverage_arr[iy0:iy1, ix0:ix1] = cov
         alpha_arr[iy0:iy1, ix0:ix1] = a8
-        return count_all_finite(np, mos)
+        return valid
 
     def finish_recover(box: Box) -> int:
         y0, y1, x0, x1 = box
@@ -755,7 +771,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         alpha_arr[iy0:iy1, ix0:ix1]
         return count_all_finite(np, mosaic_arr[iy0:iy1, ix0:ix1, :])
 
-    valid_counts = runner.run("finish", blocks, finish_task, guarded=False, recover=finish_recover)
+    valid_counts = runner.run("finish", blocks, finish_task, recover=finish_recover, commit=finish_commit)
     window_pixels = max(1, (wy1 - wy0) * (wx1 - wx0))
     stages.append(("finish", time.perf_counter() - t0))
     two_pass_info: dict[str, Any] = {"enabled": bool(opts.two_pass_coverage_renorm), "ran": False}
@@ -919,13 +935,14 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
 
     runner.run("pass2", blocks, pass2_task, recover=pass2_recover, commit=pass2_commit)
 
-    def luminance_values(box: Box) -> np.ndarray:
+    def luminance_values(box: Box, be: Backend) -> np.ndarray:
         y0, y1, x0, x1 = box
-        valid = (c1[y0:y1, x0:x1] > 0) & (c2[y0:y1, x0:x1] > 0)
-        lum = channel_mean(np, m1[y0:y1, x0:x1, :])[valid]
-        return lum[np.isfinite(lum)]
+        valid = (be.asarray(c1[y0:y1, x0:x1]) > 0) & (be.asarray(c2[y0:y1, x0:x1]) > 0)
+        lum = channel_mean(be.xp, be.asarray(m1[y0:y1, x0:x1, :]))[valid]
+        return be.to_host(lum[be.xp.isfinite(lum)])
 
-    p5 = run_percentiles(blocks, luminance_values, [5.0], opts, runner.workers)[0]
+    p5 = run_percentiles(blocks, runner.guarded_values("two-pass P5", luminance_values), [5.0], opts,
+                         runner.workers)[0]
     info: dict[str, Any] = {"enabled": True, "ran": True, "gains": gains, "p5": p5,
                             "background_offsets_pass2": [list(t.bg_offsets_pass2) for t in tiles]}
     if not math.isfinite(p5):
@@ -938,17 +955,25 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
     coverage_arr = store.require("coverage", (height, width), "float32", (block, block))
     pass2_mask = store.require("pass2_mask", (height, width), "uint8", (block, block))
 
-    def merge_task(box: Box) -> tuple[int, int]:
+    def merge_task(box: Box, be: Backend) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+        """§6.6 on ``be``: (mosaic, coverage, pass-2 mask, pixels from pass 2, valid pixels)."""
         y0, y1, x0, x1 = box
-        a_m1, a_c1 = m1[y0:y1, x0:x1, :], c1[y0:y1, x0:x1]
+        a_m1, a_c1 = be.asarray(m1[y0:y1, x0:x1, :]), be.asarray(c1[y0:y1, x0:x1])
         if eps is None:
-            mos, cov, use = a_m1, a_c1, np.zeros(a_c1.shape, dtype=bool)
+            mos, cov, use = a_m1, a_c1, be.xp.zeros(a_c1.shape, dtype=bool)
         else:
-            mos, cov, use = merge_block(backend, a_m1, a_c1, m2[y0:y1, x0:x1, :], c2[y0:y1, x0:x1], eps)
+            mos, cov, use = merge_block(be, a_m1, a_c1, be.asarray(m2[y0:y1, x0:x1, :]),
+                                        be.asarray(c2[y0:y1, x0:x1]), eps)
+        used, valid = int(be.xp.count_nonzero(use)), count_all_finite(be.xp, mos)
+        return be.to_host(mos), be.to_host(cov), be.to_host(use.astype(be.xp.uint8)), used, valid
+
+    def merge_commit(box: Box, result: tuple[np.ndarray, np.ndarray, np.ndarray, int, int]) -> tuple[int, int]:
+        y0, y1, x0, x1 = box
+        mos, cov, use, used, valid = result
         mosaic_arr[y0:y1, x0:x1, :] = mos
         coverage_arr[y0:y1, x0:x1] = cov
-        pass2_mask[y0:y1, x0:x1] = use.astype(np.uint8)
-        return int(use.sum()), count_all_finite(np, mos)
+        pass2_mask[y0:y1, x0:x1] = use
+        return used, valid
 
     def merge_recover(box: Box) -> tuple[int, int]:
         y0, y1, x0, x1 = box
@@ -957,7 +982,7 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         mos = mosaic_arr[y0:y1, x0:x1, :]
         return int(use.sum()), count_all_finite(np, mos)
 
-    counts = runner.run("merge", blocks, merge_task, guarded=False, recover=merge_recover)
+    counts = runner.run("merge", blocks, merge_task, recover=merge_recover, commit=merge_commit)
     used = sum(c[0] for c in counts)
     info["fraction_pass2"] = used / float(height * width)
     info["valid_pixels"] = sum(c[1] for c in counts)
@@ -1026,10 +1051,10 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
         inner = (slice(y0 - gy0, y1 - gy0), slice(x0 - gx0, x1 - gx0))
         return m, c, a, inner
 
-    def y_values(box: Box) -> np.ndarray:
-        m, c, a, _ = read(box)
-        valid = pw.valid_mask(backend, m, c, a)
-        return backend.to_host(pw.luminance(backend, m)[valid])
+    def y_values(box: Box, be: Backend) -> np.ndarray:
+        m, c, a, _ = read(box, 0, be)
+        valid = pw.valid_mask(be, m, c, a)
+        return be.to_host(pw.luminance(be, m)[valid])
 
     # The statistics are independent of each other: the cheap ones that can stop the suppressor
     # come first, so a no-op (no valid pixel, or a seam gradient whose P99 is zero: a seam
@@ -1052,18 +1077,18 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
         valid = pw.valid_mask(be, m, c, a)
         return g, valid, inner
 
-    def g_values(box: Box) -> np.ndarray:
-        g, valid, inner = gradient_block(box, 1)
-        return backend.to_host(g[inner][valid[inner]])
+    def g_values(box: Box, be: Backend) -> np.ndarray:
+        g, valid, inner = gradient_block(box, 1, be)
+        return be.to_host(g[inner][valid[inner]])
 
-    g99 = percentiles(wblocks, g_values, [99.0])[0]
+    g99 = percentiles(wblocks, runner.guarded_values("patchwork statistics", g_values), [99.0])[0]
     if not np.isfinite(g99):               # no value at all: G is finite wherever C is
         info["note"] = "no valid pixel (no-op)"
         return info
     if not g99 > 1e-9:
         info["note"] = "seam gradient P99 is zero (no-op)"
         return info
-    median_y = percentiles(wblocks, y_values, [50.0])[0]
+    median_y = percentiles(wblocks, runner.guarded_values("patchwork statistics", y_values), [50.0])[0]
     if not np.isfinite(median_y):
         info["note"] = "no valid pixel (no-op)"
         return info
@@ -1081,22 +1106,24 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
     runner.run("patchwork blur", wgroups, delta_task,
                recover=lambda b: delta_store[wy0 + b[0]:wy0 + b[1], wx0 + b[2]:wx0 + b[3]])
 
-    def abs_delta_values(box: Box) -> np.ndarray:
-        m, c, a, _ = read(box)
-        valid = backend.to_host(pw.valid_mask(backend, m, c, a))
+    def abs_delta_values(box: Box, be: Backend) -> np.ndarray:
+        m, c, a, _ = read(box, 0, be)
+        valid = pw.valid_mask(be, m, c, a)
         y0, y1, x0, x1 = box
-        return np.abs(delta_store[wy0 + y0:wy0 + y1, wx0 + x0:wx0 + x1][valid])
+        delta = be.asarray(delta_store[wy0 + y0:wy0 + y1, wx0 + x0:wx0 + x1])
+        return be.to_host(be.xp.abs(delta[valid]))
 
-    def abs_y_values(box: Box) -> np.ndarray:
-        m, c, a, _ = read(box)
-        valid = pw.valid_mask(backend, m, c, a)
-        return backend.to_host(backend.xp.abs(pw.filled_luminance(backend, m, valid, median_y)[valid]))
+    def abs_y_values(box: Box, be: Backend) -> np.ndarray:
+        m, c, a, _ = read(box, 0, be)
+        valid = pw.valid_mask(be, m, c, a)
+        return be.to_host(be.xp.abs(pw.filled_luminance(be, m, valid, median_y)[valid]))
 
-    cap = percentiles(wblocks, abs_delta_values, [99.5])[0]
+    cap = percentiles(wblocks, runner.guarded_values("patchwork statistics", abs_delta_values), [99.5])[0]
     if not (np.isfinite(cap) and cap > 1e-9):
         info["note"] = "|delta| P99.5 is zero (no-op)"
         return info
-    eps = max(1e-6, 0.05 * percentiles(wblocks, abs_y_values, [5.0])[0])
+    eps = max(1e-6, 0.05 * percentiles(wblocks, runner.guarded_values("patchwork statistics", abs_y_values),
+                                       [5.0])[0])
     info.update(median_y=median_y, max_coverage=max_c, g99=g99, cap=cap, eps=eps)
 
     def correct_task(box: Box, be: Backend) -> None:
