@@ -1042,13 +1042,18 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
     def percentiles(boxes: list[Box], values_of: Callable[[Box], np.ndarray], qs: list[float]) -> list[float]:
         return run_percentiles(boxes, values_of, qs, opts, runner.workers)
 
-    def read(box: Box, halo: int = 0, be: Backend = backend):
+    def haloed(box: Box, halo: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+        """(the box grown by ``halo`` within the window, in grid coordinates; the box within it)."""
         y0, y1, x0, x1 = box
         gy0, gy1, gx0, gx1 = max(0, y0 - halo), min(height, y1 + halo), max(0, x0 - halo), min(width, x1 + halo)
-        m = be.asarray(mosaic[wy0 + gy0:wy0 + gy1, wx0 + gx0:wx0 + gx1, :])
-        c = be.asarray(coverage[wy0 + gy0:wy0 + gy1, wx0 + gx0:wx0 + gx1])
-        a = be.asarray(alpha[wy0 + gy0:wy0 + gy1, wx0 + gx0:wx0 + gx1])
-        inner = (slice(y0 - gy0, y1 - gy0), slice(x0 - gx0, x1 - gx0))
+        return ((slice(wy0 + gy0, wy0 + gy1), slice(wx0 + gx0, wx0 + gx1)),
+                (slice(y0 - gy0, y1 - gy0), slice(x0 - gx0, x1 - gx0)))
+
+    def read(box: Box, halo: int = 0, be: Backend = backend):
+        region, inner = haloed(box, halo)
+        m = be.asarray(mosaic[region + (slice(None),)])
+        c = be.asarray(coverage[region])
+        a = be.asarray(alpha[region])
         return m, c, a, inner
 
     def y_values(box: Box, be: Backend) -> np.ndarray:
@@ -1070,16 +1075,18 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
         info["note"] = "no valid pixel (no-op)"
         return info
 
-    def gradient_block(box: Box, halo: int, be: Backend = backend):
-        m, c, a, inner = read(box, halo, be)
-        z = pw.seam_source(be, c, max_c)
-        g = pw.gradient_magnitude(be, z)
-        valid = pw.valid_mask(be, m, c, a)
-        return g, valid, inner
+    def seam_gradient(box: Box, halo: int, be: Backend):
+        """(G = |∇Z| over the box grown by ``halo``, the box within it).  Z comes from the
+        coverage alone, so only the coverage is read with the halo: a halo reads the
+        neighbouring chunks whole (their checksums cover them whole), and the mosaic's are
+        three times the coverage's."""
+        region, inner = haloed(box, halo)
+        return pw.gradient_magnitude(be, pw.seam_source(be, be.asarray(coverage[region]), max_c)), inner
 
     def g_values(box: Box, be: Backend) -> np.ndarray:
-        g, valid, inner = gradient_block(box, 1, be)
-        return be.to_host(g[inner][valid[inner]])
+        g, inner = seam_gradient(box, 1, be)
+        m, c, a, _ = read(box, 0, be)
+        return be.to_host(g[inner][pw.valid_mask(be, m, c, a)])
 
     g99 = percentiles(wblocks, runner.guarded_values("patchwork statistics", g_values), [99.0])[0]
     if not np.isfinite(g99):               # no value at all: G is finite wherever C is
@@ -1127,7 +1134,7 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
     info.update(median_y=median_y, max_coverage=max_c, g99=g99, cap=cap, eps=eps)
 
     def correct_task(box: Box, be: Backend) -> None:
-        g, valid_h, inner_h = gradient_block(box, params.seam_halo, be)
+        g, inner_h = seam_gradient(box, params.seam_halo, be)
         w_seam = pw.seam_weight(be, g, g99, params.sigma_seam)[inner_h]
         m, c, a, _ = read(box, 0, be)
         valid = pw.valid_mask(be, m, c, a)
