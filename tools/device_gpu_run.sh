@@ -14,6 +14,9 @@
 #     reproject astropy_healpix dask dask-image partd locket pyavm shapely
 #   for d in ../shared/fixtures/*/; do n=$(basename $d); mkdir -p device_fixtures/$n;
 #     cp $d/master_tile_*.fits $d/ref.json device_fixtures/$n/; done
+# The 50x is against the anchor on the 16×2048² set itself: ANCHOR=synthetic times it
+# there (about 5 minutes single-threaded), so run it in a call of its own, e.g.
+#   SKIP_PYTEST=1 ANCHOR=synthetic EXTRA_ARGS="--no-full-synthetic --fixtures none" CHECK_TIMEOUT=560
 set -u
 source tools/device_env.sh
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
@@ -31,7 +34,7 @@ fi
 WORK=/tmp/gpu_check_work
 timeout "${CHECK_TIMEOUT:-450}" python3 tools/gpu_check.py --fixtures "${FIXTURES:-device_fixtures}" \
   --synthetic "${SYNTHETIC:-4x4}" --tile-size "${TILE_SIZE:-2048}" --anchor "${ANCHOR:-2x2x1024}" \
-  --work "$WORK" --json "$OUT/gpu_check.json" 2>&1 | tee "$OUT/gpu_check.log"
+  --work "$WORK" --json "$OUT/gpu_check.json" ${EXTRA_ARGS:-} 2>&1 | tee "$OUT/gpu_check.log"
 echo "gpu_check rc ${PIPESTATUS[0]}"
 # EXTRA_BLOCKS="0 1472": first-pass GPU runs of the synthetic set at these block sizes (0: the
 # planned one), on as many threads as gpu_check's runs, to see how the block size moves the time

@@ -30,7 +30,11 @@ measured copy rate of this machine (pageable and pinned, 256 MiB), so the gap to
 limit is visible.  ``--anchor NXxNYxSIZE`` also times the reproject anchor (ZeMosaic's
 CPU call, :mod:`tools.bench_phase5`) against our CPU and GPU first pass on a smaller
 synthetic set, and scales it per covered megapixel to the big set (printed as an
-extrapolation: the anchor alone on 16×2048² takes many minutes).
+extrapolation: the anchor alone on 16×2048² takes many minutes).  The extrapolation
+underestimates the anchor: reproject's background matching grows with the tile pairs, and on
+a CPU 2x2x1024 gave 4.39 s per covered Mpix against 5.78 on 4x4x2048 (1.32x; tools/BENCHMARKS.md
+§10).  ``--anchor synthetic`` times the anchor on the synthetic set itself (about 5 minutes
+there), against that set's first pass.
 
 Exits 1 when parity fails, 2 when no GPU is usable.
 """
@@ -288,7 +292,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also check the synthetic set with the full pipeline (last)")
     parser.add_argument("--big-small-pool", action="store_true",
                         help="also force OOMs on the synthetic set (its GPU is off after 3: CPU speed)")
-    parser.add_argument("--anchor", default="", help="NXxNYxSIZE: also time the reproject anchor there")
+    parser.add_argument("--anchor", default="",
+                        help="NXxNYxSIZE: also time the reproject anchor on such a set (and extrapolate per "
+                             "covered Mpix to the synthetic set: an underestimate, 1.32x on 2x2x1024 -> 4x4x2048 "
+                             "measured on a CPU), or 'synthetic': time it on the synthetic set itself (minutes)")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--json", default=None, help="write every figure to this JSON file")
     ns = parser.parse_args(argv)
@@ -338,7 +345,31 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: generated in {time.perf_counter() - t0:.1f} s", flush=True)
             synthetic = (name, tiles)
             attempt(name + " first pass", lambda: check_set(name, tiles, work, ns, first_pass_only=True))
-        if ns.anchor:
+        if ns.anchor.lower() == "synthetic":
+            # the anchor on the big set itself (minutes: single-threaded reproject), against the
+            # first pass just measured there: the issue's 50x, measured rather than extrapolated
+            first = [r for r in report["sets"] if r.get("first_pass_only") and "gpu_s" in r
+                     and synthetic is not None and r.get("set") == synthetic[0]]
+            if first:
+                row = first[0]
+                t0 = time.perf_counter()
+                try:
+                    row["anchor_s"] = anchor_seconds(work / synthetic[0], work, row)
+                    row["anchor_over_gpu"] = row["anchor_s"] / row["gpu_s"]
+                    row["anchor_over_cpu"] = row["anchor_s"] / row["cpu_s"]
+                    print(f"{synthetic[0]:26s} anchor (measured on this set) {row['anchor_s']:.2f} s: "
+                          f"anchor/GPU {row['anchor_over_gpu']:.1f}x, anchor/CPU {row['anchor_over_cpu']:.1f}x "
+                          f"({row['anchor_s'] / row['covered_mpix']:.3f} s per covered Mpix; first pass)",
+                          flush=True)
+                except Exception:
+                    ok = False
+                    print(f"anchor on {synthetic[0]}: ERROR after {time.perf_counter() - t0:.0f} s\n"
+                          f"{traceback.format_exc()}", flush=True)
+                if ns.json:
+                    Path(ns.json).write_text(json.dumps(report, indent=1, default=str))
+            else:
+                print("--anchor synthetic: no first-pass row of the synthetic set to compare with", flush=True)
+        elif ns.anchor:
             from zemosaic_ooc.demo import make_demo_tiles
 
             ax, ay, asize = (int(v) for v in ns.anchor.lower().split("x"))

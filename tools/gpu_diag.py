@@ -2,7 +2,7 @@
 
     python tools/gpu_diag.py TILES_DIR OUT.zarr [--gpu on|off] [--workers N] [--first-pass]
                              [--block-size N] [--dump-every S] [--compare CPU.zarr]
-                             [--sample-stacks MS]
+                             [--sample-stacks MS] [--count-io]
 
 Prints every stage start / finish and every block with the time since start, and dumps
 every thread's stack each ``--dump-every`` seconds (faulthandler), so a slow or stuck
@@ -10,12 +10,16 @@ run shows where it is.  ``--compare`` prints the parity against another store.
 ``--sample-stacks MS`` samples every thread's stack each MS milliseconds and prints, per
 stage, where the threads spent their time (the innermost project frame and the innermost
 frame, e.g. a Zarr write under pass1_task): a poor man's sampling profiler, as no profiler
-is installed on the device machines.
+is installed on the device machines.  At the end it prints, per segment of the run (a stage,
+or the "after <stage>" stretch before the next one), the wall time and the process's CPU time
+(every thread's); ``--count-io`` adds the store's bytes read and written per segment and the
+thread CPU time they took.
 """
 from __future__ import annotations
 
 import argparse
 import faulthandler
+import math
 import sys
 import time
 from pathlib import Path
@@ -93,6 +97,58 @@ class StackSampler:
                 print(f"    {count * period:7.2f}  {where}")
 
 
+class StoreIoCounter:
+    """Counts, per segment of the run, the bytes the project's arrays give and take through
+    store/chunks.py (regions read, chunk files read, whole-chunk regions written) and the
+    thread CPU seconds spent in those reads and writes.  It wraps the module's functions
+    for the run (a diagnostic: the numbers, not the speed, are what it is for)."""
+
+    def __init__(self, progress: "TimedProgress") -> None:
+        import collections
+
+        import zemosaic_ooc.store.chunks as chunks
+
+        self.rows: dict[str, list[float]] = collections.defaultdict(lambda: [0.0] * 5)
+        read_region, read_chunk, write_region = chunks.read_region, chunks.read_chunk, chunks.write_region
+
+        def counted_read_region(layout, bounds):
+            started = time.thread_time()
+            out = read_region(layout, bounds)
+            row = self.rows[progress.segment]
+            row[0] += out.nbytes
+            row[3] += time.thread_time() - started
+            return out
+
+        def counted_read_chunk(layout, coords):
+            out = read_chunk(layout, coords)
+            self.rows[progress.segment][1] += out.nbytes
+            return out
+
+        def counted_write_region(layout, bounds, value):
+            started = time.thread_time()
+            written = write_region(layout, bounds, value)
+            if written:
+                row = self.rows[progress.segment]
+                row[2] += math.prod(hi - lo for lo, hi in bounds) * layout.dtype.itemsize
+                row[4] += time.thread_time() - started
+            return written
+
+        chunks.read_region, chunks.read_chunk = counted_read_region, counted_read_chunk
+        chunks.write_region = counted_write_region
+
+    def report(self) -> None:
+        print("STORE I/O (GB of regions read, GB of chunk files read, GB written; thread CPU s "
+              "reading, writing):")
+        total = [0.0] * 5
+        for segment, row in list(self.rows.items()) + [("total", None)]:
+            if row is None:
+                row = total
+            else:
+                total = [a + b for a, b in zip(total, row)]
+            print(f"    {segment:32s} {row[0] / 1e9:7.2f} {row[1] / 1e9:7.2f} {row[2] / 1e9:7.2f} "
+                  f"{row[3]:7.2f} {row[4]:7.2f}")
+
+
 class TimedProgress:
     """Prints each stage's start, blocks and finish; adds up, per segment (a stage, or the
     "after <stage>" stretch up to the next start), its wall time and the process's CPU time
@@ -156,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dump-every", type=float, default=30.0)
     p.add_argument("--compare", default=None)
     p.add_argument("--sample-stacks", type=float, default=0.0, help="sampling interval in ms (0: off)")
+    p.add_argument("--count-io", action="store_true",
+                   help="count the store's bytes read and written, and their CPU time, per segment")
     ns = p.parse_args(argv)
     sampler = StackSampler(ns.sample_stacks / 1000.0) if ns.sample_stacks > 0 else None
     faulthandler.dump_traceback_later(ns.dump_every, repeat=True)
@@ -176,10 +234,13 @@ def main(argv: list[str] | None = None) -> int:
         device = numpy_as_device_backend(8 * 2**30)
         device.chunk_pixels = GPU_CHUNK_PIXELS
     progress = TimedProgress(sampler)
+    io_counter = StoreIoCounter(progress) if ns.count_io else None
     summary = run_pipeline(tiles, ns.out, Phase5Options(**kwargs), workers=ns.workers,
                            progress=progress, device=device)
     wall = time.perf_counter() - t0
     progress.report()
+    if io_counter is not None:
+        io_counter.report()
     if sampler is not None:
         sampler.stop()
         sampler.report()
