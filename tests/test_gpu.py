@@ -122,3 +122,23 @@ def test_per_pixel_kernels_agree_between_numpy_and_cupy():
                                rtol=2e-6, atol=2e-7)
     np.testing.assert_allclose(pw.gradient_magnitude(cpu, plane),
                                cupy.asnumpy(pw.gradient_magnitude(gpu, cupy.asarray(plane))), rtol=1e-6)
+
+    # finish (§5.5), merge (§6.6) and their channel reductions: elementwise, so the same bits
+    from zemosaic_ooc.phase5.channels import all_finite, channel_mean
+    from zemosaic_ooc.phase5.finish import alpha_u8, finish_values
+    from zemosaic_ooc.phase5.renorm import merge_block
+
+    hwc = rng.normal(100.0, 30.0, (50, 60, 3)).astype(np.float32)
+    hwc[3, 4, 1], hwc[7, 8, 2] = np.nan, np.inf
+    other = rng.normal(90.0, 30.0, (50, 60, 3)).astype(np.float32)
+    cov = np.clip(rng.normal(1.0, 1.0, (50, 60)), 0, None).astype(np.float32)
+    cov2 = np.clip(rng.normal(1.0, 1.0, (50, 60)), 0, None).astype(np.float32)
+    union = rng.uniform(0.0, 1.2, (50, 60)).astype(np.float32)
+    pairs = [(channel_mean(np, hwc), channel_mean(cupy, cupy.asarray(hwc))),
+             (all_finite(np, hwc), all_finite(cupy, cupy.asarray(hwc)))]
+    pairs += zip(finish_values(hwc, cov, alpha_u8(union, np), np),
+                 finish_values(cupy.asarray(hwc), cupy.asarray(cov), alpha_u8(cupy.asarray(union), cupy), cupy))
+    pairs += zip(merge_block(cpu, hwc, cov, other, cov2, 5.0),
+                 merge_block(gpu, *(cupy.asarray(x) for x in (hwc, cov, other, cov2)), 5.0))
+    for host, device in pairs:
+        assert np.array_equal(host, cupy.asnumpy(device), equal_nan=True)
