@@ -104,3 +104,13 @@ def test_a_tile_in_flight_holds_no_more_than_the_prefetch_estimate(tmp_path, sid
     estimate = _held_bytes(tile)
     assert peak <= estimate, (peak, estimate, tile.stat().st_size)
     assert estimate <= 2.1 * tile.stat().st_size        # the band-wise write keeps it low
+
+
+def test_the_empty_tile_check_finds_a_single_finite_value_anywhere():
+    from zemosaic_ooc.store.tiles import _any_finite
+
+    chw = np.full((3, 200, 30), np.nan, np.float32)
+    chw[1, 150:, :] = np.inf
+    assert not _any_finite(chw, rows=64)
+    chw[2, 199, 29] = 1.0                          # in the last band only
+    assert _any_finite(chw, rows=64)
