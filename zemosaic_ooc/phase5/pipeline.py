@@ -724,6 +724,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
                                fill_value=float("nan"))
     coverage_arr = store.require(pass1_coverage_name, (height, width), "float32", (block, block))
     alpha_arr = store.require("alpha", (height, width), "uint8", (block, block))
+
     def finish_task(box: Box, be: Backend) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
         """§5.5 on the block's part of the window, on ``be``: (mosaic, coverage, A8, valid pixels)."""
         y0, y1, x0, x1 = box
