@@ -220,9 +220,10 @@ def export_fits(mosaic_store_path: str | Path, fits_path: str | Path, *, slab_ro
     H, W = int(mosaic.shape[0]), int(mosaic.shape[1])
     y0, y1, x0, x1 = store_window(g, (H, W))
     h, w = y1 - y0, x1 - x0
-    names = set(g.array_keys())
-    coverage = g["coverage"] if "coverage" in names else None
-    alpha = g["alpha"] if "alpha" in names else None
+    # looked up by name: listing the group (``array_keys``) walks the store's folder, where
+    # zarr warns about the run's journal.sqlite as an object it does not recognise
+    coverage = g["coverage"] if "coverage" in g else None
+    alpha = g["alpha"] if "alpha" in g else None
     for arr, label in ((coverage, "coverage"), (alpha, "alpha")):
         if arr is not None and tuple(arr.shape) != (H, W):
             raise ValueError(f"{label} has shape {arr.shape}, mosaic grid is {(H, W)}")
