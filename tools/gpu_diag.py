@@ -89,12 +89,42 @@ class StackSampler:
         self._thread.join()
 
     def report(self, top: int = 14) -> None:
+        import collections
+
+        kinds: collections.Counter = collections.Counter()
         for stage, counter in self.counts.items():
             n = max(1, self.samples[stage])
             period = self.wall[stage] / n
             print(f"STACKS {stage}: {n} samples over {self.wall[stage]:.2f} s; thread-seconds by place:")
             for where, count in counter.most_common(top):
                 print(f"    {count * period:7.2f}  {where}")
+            for where, count in counter.items():
+                kinds[work_kind(where)] += count * period
+        print("WORK KIND (thread-seconds; with --gpu emulate, 'kernels' is what a device would run, "
+              "the rest is host work a GPU run keeps):")
+        for kind, seconds in kinds.most_common():
+            print(f"    {seconds:7.2f}  {kind}")
+
+
+_HOST_FILES = {"chunks.py": "store I/O", "codecs.py": "store I/O", "files.py": "store I/O",
+               "mosaic.py": "store I/O", "journal.py": "store I/O", "tiles.py": "ingest, tile store, plan",
+               "plan.py": "ingest, tile store, plan", "stats.py": "percentile selection",
+               "calibrate.py": "calibration, grid", "grid.py": "calibration, grid",
+               "corrected.py": "calibration, grid"}
+
+
+def work_kind(where: str) -> str:
+    """What a sampled place ("project frame > innermost frame") is: a waiting thread, one of the
+    kinds of host work, or 'kernels' (per-pixel work: on the device in a GPU run)."""
+    ours, _, inner = where.partition(" > ")
+    if inner.endswith("threading.py:wait"):
+        return "waiting"
+    name = ours.split(":")[0]
+    if name == "mapping.py" and ("_pixel_to_pixel" in ours or "output_to_tile" in ours or "wcs" in inner.lower()):
+        return "WCS node transforms (astropy)"
+    if name == "-":
+        return "no project frame"
+    return _HOST_FILES.get(name, "kernels")
 
 
 class StoreIoCounter:
