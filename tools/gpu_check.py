@@ -164,6 +164,8 @@ def check_set(name: str, tiles: list[Path], work: Path, ns: argparse.Namespace,
     """CPU, GPU and (full pipeline, ``small_pool``) GPU-with-a-small-pool runs of one tile set;
     parity, seams and speed."""
     kwargs: dict[str, Any] = {"gpu": "off"}
+    if ns.memory_budget is not None:
+        kwargs["memory_budget"] = ns.memory_budget
     if first_pass_only:
         kwargs.update(two_pass_coverage_renorm=False, patchwork_suppressor_enabled=False)
     opts = Phase5Options(**kwargs)
@@ -284,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="memory-pool limit of the forced-OOM run")
     parser.add_argument("--gpu-budget", type=parse_size, default=None,
                         help="memory-pool limit of the GPU run (default: a share of free memory)")
+    parser.add_argument("--memory-budget", type=parse_size, default=None,
+                        help="host memory budget of every run, CPU and GPU alike (default: the project's, "
+                             "2 GiB); a larger one keeps more tiles, blocks and keys in memory and reads "
+                             "the store less")
     parser.add_argument("--tolerance", type=float, default=1e-4)
     parser.add_argument("--cpu-workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--gpu-workers", type=int, default=None,

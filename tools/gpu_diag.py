@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dump-every", type=float, default=30.0)
     p.add_argument("--compare", default=None)
     p.add_argument("--sample-stacks", type=float, default=0.0, help="sampling interval in ms (0: off)")
+    p.add_argument("--memory-budget", default=None, help="host memory budget (e.g. 8GiB; default the project's)")
     p.add_argument("--count-io", action="store_true",
                    help="count the store's bytes read and written, and their CPU time, per segment")
     ns = p.parse_args(argv)
@@ -252,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         kwargs.update(two_pass_coverage_renorm=False, patchwork_suppressor_enabled=False)
     if ns.block_size:
         kwargs["block_size"] = ns.block_size
+    if ns.memory_budget:
+        from zemosaic_ooc.options import parse_size
+
+        kwargs["memory_budget"] = parse_size(ns.memory_budget)
     tiles = sorted(Path(ns.tiles_dir).glob("master_tile_*.fits"))
     t0 = time.perf_counter()
     if sampler is not None:
