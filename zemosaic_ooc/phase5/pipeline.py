@@ -42,7 +42,8 @@ from .channels import channel_mean, count_all_finite
 from .corrected import corrected_calibration, corrected_to_json
 from .coadd import BlockResult, coadd_block, union_bbox
 from .finish import alpha_source_index, alpha_u8, autocrop_window, finish_values
-from .grid import Box, compute_output_grid, grid_from_header, halo_superblocks, iter_blocks, reproject_box
+from .grid import (Box, compute_output_grid, grid_from_header, halo_superblocks, intersect, iter_blocks,
+                   reproject_box)
 from .mapping import OutputGrid
 from .plan import StoreCalibrationSource, build_tile_plans, geometry, nan_threshold
 from .prep import TilePlan
@@ -727,10 +728,11 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
 
     def finish_task(box: Box, be: Backend) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
         """§5.5 on the block's part of the window, on ``be``: (mosaic, coverage, A8, valid pixels)."""
-        y0, y1, x0, x1 = box
-        iy0, iy1, ix0, ix1 = max(y0, wy0), min(y1, wy1), max(x0, wx0), min(x1, wx1)
-        if iy1 <= iy0 or ix1 <= ix0:
+        part = intersect(box, window)
+        if part is None:
             return None
+        y0, _, x0, _ = box
+        iy0, iy1, ix0, ix1 = part
         kept = held.get(box)                  # taken off the shelf by the commit (a replay reads it again)
         inner = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
         mos = p1[iy0:iy1, ix0:ix1, :] if kept is None else kept[0][inner]
@@ -755,8 +757,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         held.pop(box)
         if result is None:
             return 0
-        y0, y1, x0, x1 = box
-        iy0, iy1, ix0, ix1 = max(y0, wy0), min(y1, wy1), max(x0, wx0), min(x1, wx1)
+        iy0, iy1, ix0, ix1 = intersect(box, window)
         mos, cov, a8, valid = result
         mosaic_arr[iy0:iy1, ix0:ix1, :] = mos
         coverage_arr[iy0:iy1, ix0:ix1] = cov
@@ -764,10 +765,10 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         return valid
 
     def finish_recover(box: Box) -> int:
-        y0, y1, x0, x1 = box
-        iy0, iy1, ix0, ix1 = max(y0, wy0), min(y1, wy1), max(x0, wx0), min(x1, wx1)
-        if iy1 <= iy0 or ix1 <= ix0:
+        part = intersect(box, window)
+        if part is None:
             return 0
+        iy0, iy1, ix0, ix1 = part
         coverage_arr[iy0:iy1, ix0:ix1]
         alpha_arr[iy0:iy1, ix0:ix1]
         return count_all_finite(np, mosaic_arr[iy0:iy1, ix0:ix1, :])
@@ -959,12 +960,11 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
     def merge_task(box: Box, be: Backend) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
         """§6.6 on ``be``: (mosaic, coverage, pass-2 mask, pixels from pass 2, valid pixels)."""
         y0, y1, x0, x1 = box
-        a_m1, a_c1 = be.asarray(m1[y0:y1, x0:x1, :]), be.asarray(c1[y0:y1, x0:x1])
-        if eps is None:
-            mos, cov, use = a_m1, a_c1, be.xp.zeros(a_c1.shape, dtype=bool)
-        else:
-            mos, cov, use = merge_block(be, a_m1, a_c1, be.asarray(m2[y0:y1, x0:x1, :]),
-                                        be.asarray(c2[y0:y1, x0:x1]), eps)
+        if eps is None:                      # pass 1 kept as it is: nothing to compute on ``be``
+            mos, cov = m1[y0:y1, x0:x1, :], c1[y0:y1, x0:x1]
+            return mos, cov, np.zeros(cov.shape, dtype=np.uint8), 0, count_all_finite(np, mos)
+        mos, cov, use = merge_block(be, be.asarray(m1[y0:y1, x0:x1, :]), be.asarray(c1[y0:y1, x0:x1]),
+                                    be.asarray(m2[y0:y1, x0:x1, :]), be.asarray(c2[y0:y1, x0:x1]), eps)
         used, valid = int(be.xp.count_nonzero(use)), count_all_finite(be.xp, mos)
         return be.to_host(mos), be.to_host(cov), be.to_host(use.astype(be.xp.uint8)), used, valid
 
@@ -1077,17 +1077,20 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
         return info
 
     def seam_gradient(box: Box, halo: int, be: Backend):
-        """(G = |∇Z| over the box grown by ``halo``, the box within it).  Z comes from the
-        coverage alone, so only the coverage is read with the halo: a halo reads the
-        neighbouring chunks whole (their checksums cover them whole), and the mosaic's are
-        three times the coverage's."""
+        """(G = |∇Z| over the box grown by ``halo``, the box within it, the box's mosaic, its
+        valid mask), each array read once.  Z comes from the coverage alone, so only the
+        coverage is read with the halo (a halo reads the neighbouring chunks whole, as their
+        checksums cover them whole, and the mosaic's are three times the coverage's)."""
         region, inner = haloed(box, halo)
-        return pw.gradient_magnitude(be, pw.seam_source(be, be.asarray(coverage[region]), max_c)), inner
+        c = be.asarray(coverage[region])
+        g = pw.gradient_magnitude(be, pw.seam_source(be, c, max_c))
+        own, _ = haloed(box, 0)
+        m = be.asarray(mosaic[own + (slice(None),)])
+        return g, inner, m, pw.valid_mask(be, m, c[inner], be.asarray(alpha[own]))
 
     def g_values(box: Box, be: Backend) -> np.ndarray:
-        g, inner = seam_gradient(box, 1, be)
-        m, c, a, _ = read(box, 0, be)
-        return be.to_host(g[inner][pw.valid_mask(be, m, c, a)])
+        g, inner, _, valid = seam_gradient(box, 1, be)
+        return be.to_host(g[inner][valid])
 
     g99 = percentiles(wblocks, runner.guarded_values("patchwork statistics", g_values), [99.0])[0]
     if not np.isfinite(g99):               # no value at all: G is finite wherever C is
@@ -1135,10 +1138,8 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
     info.update(median_y=median_y, max_coverage=max_c, g99=g99, cap=cap, eps=eps)
 
     def correct_task(box: Box, be: Backend) -> None:
-        g, inner_h = seam_gradient(box, params.seam_halo, be)
+        g, inner_h, m, valid = seam_gradient(box, params.seam_halo, be)
         w_seam = pw.seam_weight(be, g, g99, params.sigma_seam)[inner_h]
-        m, c, a, _ = read(box, 0, be)
-        valid = pw.valid_mask(be, m, c, a)
         y_f = pw.filled_luminance(be, m, valid, median_y)
         y0, y1, x0, x1 = box
         delta = be.asarray(delta_store[wy0 + y0:wy0 + y1, wx0 + x0:wx0 + x1])

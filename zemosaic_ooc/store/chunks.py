@@ -111,16 +111,25 @@ def read_region(layout: _Layout, bounds: list[tuple[int, int]]) -> np.ndarray:
     return out
 
 
+def _whole_chunk_spans(layout: _Layout, bounds: list[tuple[int, int]]) -> list[range] | None:
+    """The chunk indices per axis of a region made of whole chunks (an edge chunk up to the
+    array's edge), or None when the region cuts a chunk or is empty."""
+    spans = []
+    for (lo, hi), c, n in zip(bounds, layout.chunks, layout.shape):
+        if hi <= lo or lo % c or (hi % c and hi != n):
+            return None
+        spans.append(range(lo // c, -(-hi // c)))
+    return spans
+
+
 def write_region(layout: _Layout, bounds: list[tuple[int, int]], value: Any) -> bool:
     """Write ``value`` (broadcast to the region) over ``bounds`` when the region is made of whole
     chunks (an edge chunk up to the array's edge): each chunk file as zarr writes it (the values,
     the fill value beyond the array's edge, then the CRC-32C), through a temporary file renamed
     over the old one.  False, writing nothing, for any other region (zarr then writes it)."""
-    spans = []
-    for (lo, hi), c, n in zip(bounds, layout.chunks, layout.shape):
-        if hi <= lo or lo % c or (hi % c and hi != n):
-            return False
-        spans.append(range(lo // c, -(-hi // c)))
+    spans = _whole_chunk_spans(layout, bounds)
+    if spans is None:
+        return False
     values = np.broadcast_to(np.asarray(value).astype(layout.dtype, copy=False),
                              tuple(hi - lo for lo, hi in bounds))
     for coords in itertools.product(*spans):
@@ -152,13 +161,9 @@ def link_region(source: _Layout, target: _Layout, bounds: list[tuple[int, int]])
     to either array leaves the other's chunk as it was.  False, having linked a part or none,
     when the two layouts differ, the region is not made of whole chunks, or the file system
     refuses hard links: the caller then copies the values (over any linked part)."""
-    if not _same_layout(source, target):
+    spans = _whole_chunk_spans(target, bounds) if _same_layout(source, target) else None
+    if spans is None:
         return False
-    spans = []
-    for (lo, hi), c, n in zip(bounds, target.chunks, target.shape):
-        if hi <= lo or lo % c or (hi % c and hi != n):
-            return False
-        spans.append(range(lo // c, -(-hi // c)))
     for coords in itertools.product(*spans):
         path = target.chunk_path(coords)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -235,17 +240,21 @@ class DirectArray:
             return self._array[selection]
         return read_region(self._layout, bounds)
 
+    def _writable_bounds(self, selection: Any) -> list[tuple[int, int]] | None:
+        """The selection's bounds when this module may write it (a store opened read-only is
+        left to zarr, which raises)."""
+        if bool(getattr(self._array.store, "read_only", False)):
+            return None
+        return self._bounds(selection)
+
     def __setitem__(self, selection: Any, value: Any) -> None:
-        bounds = self._bounds(selection)
-        read_only = bool(getattr(self._array.store, "read_only", False))    # zarr raises then
-        if bounds is None or read_only or not write_region(self._layout, bounds, value):
+        bounds = self._writable_bounds(selection)
+        if bounds is None or not write_region(self._layout, bounds, value):
             self._array[selection] = value
 
     def copy_from(self, source: "DirectArray", selection: Any) -> None:
         """``self[selection] = source[selection]``; whole chunks of two arrays of the same layout
         are linked (:func:`link_region`), not read and written."""
-        bounds = self._bounds(selection)
-        read_only = bool(getattr(self._array.store, "read_only", False))
-        if (bounds is None or read_only or source._layout is None
-                or not link_region(source._layout, self._layout, bounds)):
+        bounds = self._writable_bounds(selection)
+        if bounds is None or source._layout is None or not link_region(source._layout, self._layout, bounds):
             self[selection] = source[selection]
