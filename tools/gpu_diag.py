@@ -243,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", default=None)
     p.add_argument("--sample-stacks", type=float, default=0.0, help="sampling interval in ms (0: off)")
     p.add_argument("--memory-budget", default=None, help="host memory budget (e.g. 8GiB; default the project's)")
+    p.add_argument("--device-budget", default="8GiB",
+                   help="with --gpu emulate: the device budget the stand-in plans with (default 8GiB; "
+                        "an H100's default is 0.6 of its free memory, about 47 GiB)")
     p.add_argument("--count-io", action="store_true",
                    help="count the store's bytes read and written, and their CPU time, per segment")
     ns = p.parse_args(argv)
@@ -264,9 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     device = None
     if ns.gpu == "emulate":
         from zemosaic_ooc.backend import GPU_CHUNK_PIXELS, numpy_as_device_backend
+        from zemosaic_ooc.options import parse_size
 
         kwargs["gpu"] = "off"
-        device = numpy_as_device_backend(8 * 2**30)
+        device = numpy_as_device_backend(parse_size(ns.device_budget))
         device.chunk_pixels = GPU_CHUNK_PIXELS
     progress = TimedProgress(sampler)
     io_counter = StoreIoCounter(progress) if ns.count_io else None

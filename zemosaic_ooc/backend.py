@@ -72,6 +72,9 @@ class Backend:
     #: prepared whole tiles kept in this backend's memory
     #: (:class:`~zemosaic_ooc.phase5.resident.ResidentTiles`; the pipeline gives one to a device)
     resident: Any = None
+    #: stage arrays' blocks kept in this backend's memory for the next block stages
+    #: (:class:`~zemosaic_ooc.phase5.handover.StageHandover`; the pipeline gives one to a device)
+    handover: Any = None
 
     @property
     def on_host(self) -> bool:
@@ -114,10 +117,12 @@ class Backend:
         return {"bytes_to_device": int(self.bytes_to_device), "bytes_to_host": int(self.bytes_to_host)}
 
     def free_memory(self) -> None:
-        """Release cached device memory: the resident tiles and CuPy's pools (numpy: the
-        resident tiles only)."""
+        """Release cached device memory: the resident tiles, the handed-over stage blocks (the
+        store holds them too) and CuPy's pools (numpy: the first two only)."""
         if self.resident is not None:
             self.resident.clear()
+        if self.handover is not None:
+            self.handover.clear()
         if self.xp is np:
             return
         try:

@@ -12,7 +12,9 @@ whole block, see :data:`~zemosaic_ooc.backend.GPU_CHUNK_PIXELS`):
 
 The budget is shared: :data:`RESIDENT_SHARE` for the prepared whole tiles kept on the device
 (:mod:`~zemosaic_ooc.phase5.resident`), :data:`SAMPLES_SHARE` for the block samples handed from
-the background walk to pass 1, and the rest (:func:`task_budget`) for the block tasks.
+the background walk to pass 1, :data:`HANDOVER_SHARE` for the stage arrays' blocks handed from
+one block stage to the next (:mod:`~zemosaic_ooc.phase5.handover`), and the rest
+(:func:`task_budget`) for the block tasks.
 
 The budget (``--gpu-memory-budget``, default a share of the device's free memory, see
 :func:`~zemosaic_ooc.backend.cupy_backend`) is also the memory pool's limit, so an
@@ -35,15 +37,18 @@ USABLE_SHARE = 0.6
 RESIDENT_SHARE = 0.25
 #: share of the device budget for block samples kept from the background walk for pass 1
 SAMPLES_SHARE = 0.15
+#: share of the device budget for stage arrays' blocks kept for the next block stages (the
+#: 16×2048² set's largest need, at merge: 49 B per output pixel, 2.6 GB)
+HANDOVER_SHARE = 0.10
 #: share of the device budget left to block tasks
-TASK_SHARE = 1.0 - RESIDENT_SHARE - SAMPLES_SHARE
+TASK_SHARE = 1.0 - RESIDENT_SHARE - SAMPLES_SHARE - HANDOVER_SHARE
 #: tiles assumed to reach a block before the plan knows (a 2×2 corner of a mosaic)
 ASSUMED_TILES_PER_BLOCK = 4
 
 
 def task_budget(budget_bytes: int) -> int:
-    """The part of the device budget left to block tasks (the budget less the resident tiles'
-    and the kept samples' shares)."""
+    """The part of the device budget left to block tasks (the budget less the resident tiles',
+    the kept samples' and the handed-over blocks' shares)."""
     return int(budget_bytes * TASK_SHARE)
 
 
@@ -55,6 +60,11 @@ def resident_capacity(budget_bytes: int, needed_bytes: int) -> int:
 def samples_capacity(budget_bytes: int) -> int:
     """Bytes of block samples the device keeps from the background walk for pass 1."""
     return int(SAMPLES_SHARE * budget_bytes)
+
+
+def handover_capacity(budget_bytes: int) -> int:
+    """Bytes of stage-array blocks the device keeps for later block stages."""
+    return int(HANDOVER_SHARE * budget_bytes)
 
 
 def task_bytes(block_pixels: int, tiles_per_block: int) -> int:

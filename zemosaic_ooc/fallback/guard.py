@@ -161,6 +161,8 @@ class OomGuard:
             out.update(self.device.transfer_summary())
             if self.device.resident is not None:
                 out.update(self.device.resident.summary())
+            if self.device.handover is not None:
+                out.update(self.device.handover.summary())
             if self.device.extra.get("device_name"):
                 out["device_name"] = self.device.extra["device_name"]
         return out

@@ -172,14 +172,18 @@ def open_view(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputGr
 
 @dataclass
 class BlockResult:
-    """A finished pass block: mosaic (h, w, 3) float32 (0 where uncovered), coverage, union."""
+    """A finished pass block: mosaic (h, w, 3) float32 (0 where uncovered), coverage, union
+    (host arrays; None when the caller asked for the backend's arrays alone)."""
 
     box: Box
-    mosaic: np.ndarray
-    coverage: np.ndarray
+    mosaic: np.ndarray | None
+    coverage: np.ndarray | None
     union: np.ndarray | None
     covered_rows: tuple[int, int] | None
     covered_cols: tuple[int, int] | None
+    #: (mosaic, coverage, union) as the backend that computed them holds them, when asked
+    #: (``keep_on_backend``: a device run hands them to the next stage without a store read)
+    on_backend: tuple[Any, Any, Any] | None = None
 
 
 def _rows_in(box: Box | None, g0: int, g1: int) -> tuple[int, int] | None:
@@ -273,14 +277,16 @@ def sample_block(backend: Backend, store: TileStore, tiles: Sequence[TilePlan], 
 def coadd_block(backend: Backend, store: TileStore, tiles: Sequence[TilePlan], grid: OutputGrid,
                 block: Box, *, offsets_attr: str = "bg_offsets", with_union: bool = True,
                 two_pass: bool = False, step: int = DEFAULT_CONTROL_STEP,
-                samples: BlockSamples | None = None) -> BlockResult:
+                samples: BlockSamples | None = None, keep_on_backend: bool = False,
+                host_copies: bool = True) -> BlockResult:
     """§4.5 + §5.1–§5.3 on one block: Σ f·(d − k) / Σ f per channel, coverage, alpha union.
 
     ``samples`` (from :func:`sample_block` with the same arguments) are used instead of
     resampling (when they live on this backend).  The block is finished in row chunks of
     about ``backend.chunk_pixels``: each
     chunk accumulates its tiles in input order in float64 and is divided and cast to
-    float32 at once.
+    float32 at once.  ``keep_on_backend``: the result also carries the backend's own arrays
+    (:attr:`BlockResult.on_backend`); ``host_copies=False`` leaves out the host copies.
     """
     xp = backend.xp
     if samples is None or samples.xp is not xp:
@@ -325,8 +331,12 @@ def coadd_block(backend: Backend, store: TileStore, tiles: Sequence[TilePlan], g
     covered_rows = (int(rows_any[0]) + y0, int(rows_any[-1]) + y0 + 1) if rows_any.size else None
     covered_cols = (int(cols_any[0]) + x0, int(cols_any[-1]) + x0 + 1) if cols_any.size else None
     union = samples.union
-    return BlockResult(block, backend.to_host(mosaic), backend.to_host(coverage),
-                       None if union is None else backend.to_host(union), covered_rows, covered_cols)
+
+    def host(array: Any) -> np.ndarray | None:
+        return None if array is None or not host_copies else backend.to_host(array)
+
+    return BlockResult(block, host(mosaic), host(coverage), host(union), covered_rows, covered_cols,
+                       on_backend=(mosaic, coverage, union) if keep_on_backend else None)
 
 
 def tile_strips(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputGrid, *,

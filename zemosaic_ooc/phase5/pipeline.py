@@ -26,8 +26,8 @@ import psutil
 
 from ..backend import Backend, numpy_backend, select_backend
 from ..concurrency import ordered_map
-from ..device_budget import (device_slots, max_block_side, resident_capacity, samples_capacity, task_budget,
-                             task_bytes, tiles_per_block)
+from ..device_budget import (device_slots, handover_capacity, max_block_side, resident_capacity,
+                             samples_capacity, task_budget, task_bytes, tiles_per_block)
 from ..memory import MemoryShelf, release_memory, strip_pixels
 from ..errors import InputError, StoreError
 from ..options import Phase5Options
@@ -42,6 +42,7 @@ from .channels import channel_mean, count_all_finite
 from .corrected import corrected_calibration, corrected_to_json
 from .coadd import BlockResult, coadd_block, union_bbox
 from .finish import alpha_source_index, alpha_u8, autocrop_window, finish_values
+from .handover import StageHandover
 from .grid import (Box, compute_output_grid, grid_from_header, halo_superblocks, intersect, iter_blocks,
                    reproject_box)
 from .mapping import OutputGrid
@@ -268,6 +269,9 @@ def _drop_resident(device: Backend) -> None:
     if device.resident is not None:
         device.resident.clear()
     device.resident = None
+    if device.handover is not None:
+        device.handover.clear()
+    device.handover = None
 
 
 def _cluster_call(task: Callable[..., Any], box: Box, backend: Backend, guarded: bool) -> tuple[Any, float]:
@@ -580,7 +584,13 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     rss.sample()
 
     blocks = list(iter_blocks(shape_hw, block))      # the output chunks: every block stage's boxes
+    # stage arrays' blocks handed to the next block stages on the device (phase5/handover.py;
+    # in process only: none on the CPU path or with a Dask client)
+    handover = StageHandover(None if runner.client is not None else device,
+                             0 if device is None or runner.client is not None
+                             else handover_capacity(device.budget_bytes), shape_hw, block)
     if device is not None:
+        device.handover = handover
         # VRAM budget: how many block tasks the device holds at once
         most_tiles = tiles_per_block([t.box for t in tiles], blocks)
         guard.limit_device_tasks(device_slots(task_budget(device.budget_bytes), block * block, most_tiles, workers),
@@ -674,15 +684,20 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
 
     def pass1_task(box: Box, be: Backend) -> BlockResult:
         samples = samples_cache.pop(box) if samples_cache is not None else None
-        return coadd_block(be, tile_store, tiles, out_grid, box, samples=samples)
+        return coadd_block(be, tile_store, tiles, out_grid, box, samples=samples,
+                           keep_on_backend=handover.takes(be))
 
     def pass1_commit(box: Box, result: BlockResult) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
         y0, y1, x0, x1 = box
         p1[y0:y1, x0:x1, :] = result.mosaic
         p1_cov[y0:y1, x0:x1] = result.coverage
         p1_union[y0:y1, x0:x1] = result.union
-        arrays = (result.mosaic, result.coverage, result.union)
-        held.put(box, arrays, sum(a.nbytes for a in arrays))
+        kept = result.on_backend is not None and all(
+            handover.keep(array, box, value) for array, value in zip((p1, p1_cov, p1_union), result.on_backend))
+        if not kept:
+            handover.drop((p1, p1_cov, p1_union), box)
+            arrays = (result.mosaic, result.coverage, result.union)
+            held.put(box, arrays, sum(a.nbytes for a in arrays))
         return _coverage_extent(result.coverage, box, threshold)
 
     def pass1_recover(box: Box):
@@ -726,8 +741,9 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     coverage_arr = store.require(pass1_coverage_name, (height, width), "float32", (block, block))
     alpha_arr = store.require("alpha", (height, width), "uint8", (block, block))
 
-    def finish_task(box: Box, be: Backend) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
-        """§5.5 on the block's part of the window, on ``be``: (mosaic, coverage, A8, valid pixels)."""
+    def finish_task(box: Box, be: Backend) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, Any] | None:
+        """§5.5 on the block's part of the window, on ``be``: (mosaic, coverage, A8, valid
+        pixels, the three arrays on ``be`` when they are handed over, else None)."""
         part = intersect(box, window)
         if part is None:
             return None
@@ -735,33 +751,41 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         iy0, iy1, ix0, ix1 = part
         kept = held.get(box)                  # taken off the shelf by the commit (a replay reads it again)
         inner = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
-        mos = p1[iy0:iy1, ix0:ix1, :] if kept is None else kept[0][inner]
-        cov = p1_cov[iy0:iy1, ix0:ix1] if kept is None else kept[1][inner]
+        own = (slice(iy0, iy1), slice(ix0, ix1))
+        mos = handover.region(be, p1, *own) if kept is None else be.asarray(kept[0][inner])
+        cov = handover.region(be, p1_cov, *own) if kept is None else be.asarray(kept[1][inner])
         if alpha_dropped:
             a8 = None
         else:
             rows = src_rows[iy0 - wy0:iy1 - wy0]
             cols = src_cols[ix0 - wx0:ix1 - wx0]
-            if kept is not None and not fired:
-                union = kept[2][inner]                       # rows and cols are the block's own
+            if not fired:                                    # rows and cols are the block's own
+                union = handover.region(be, p1_union, *own) if kept is None else be.asarray(kept[2][inner])
             else:
                 region = p1_union[int(rows.min()):int(rows.max()) + 1,
                                   int(cols.min()):int(cols.max()) + 1]
-                union = region[np.ix_(rows - rows.min(), cols - cols.min())]
-            a8 = alpha_u8(be.asarray(union), be.xp)
-        mos, cov, a8 = finish_values(be.asarray(mos), be.asarray(cov), a8, be.xp)
+                union = be.asarray(region[np.ix_(rows - rows.min(), cols - cols.min())])
+            a8 = alpha_u8(union, be.xp)
+        mos, cov, a8 = finish_values(mos, cov, a8, be.xp)
         valid = count_all_finite(be.xp, mos)
-        return be.to_host(mos), be.to_host(cov), be.to_host(a8), valid
+        on_backend = (mos, cov, a8) if handover.takes(be) else None
+        return be.to_host(mos), be.to_host(cov), be.to_host(a8), valid, on_backend
 
-    def finish_commit(box: Box, result: tuple[np.ndarray, np.ndarray, np.ndarray, int] | None) -> int:
+    def finish_commit(box: Box, result: tuple[np.ndarray, np.ndarray, np.ndarray, int, Any] | None) -> int:
         held.pop(box)
+        handover.drop((p1, p1_cov, p1_union), box)
         if result is None:
             return 0
         iy0, iy1, ix0, ix1 = intersect(box, window)
-        mos, cov, a8, valid = result
+        mos, cov, a8, valid, on_backend = result
         mosaic_arr[iy0:iy1, ix0:ix1, :] = mos
         coverage_arr[iy0:iy1, ix0:ix1] = cov
         alpha_arr[iy0:iy1, ix0:ix1] = a8
+        if on_backend is not None:           # kept only where the block is whole (handover.keep)
+            for array, value, read_later in zip((mosaic_arr, coverage_arr, alpha_arr), on_backend,
+                                                (two_pass_runs or patchwork_runs,) * 2 + (patchwork_runs,)):
+                if read_later:
+                    handover.keep(array, (iy0, iy1, ix0, ix1), value)
         return valid
 
     def finish_recover(box: Box) -> int:
@@ -784,15 +808,18 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         t0 = time.perf_counter()
         two_pass_info = run_two_pass(backend, store, tile_store, tiles, out_grid, opts, blocks, runner,
                                      output_name="stages/twopass_mosaic" if patchwork_runs else "mosaic",
-                                     state=state, save_state=save_state)
+                                     state=state, save_state=save_state, handover=handover,
+                                     hand_over_result=patchwork_runs)
         stages.append(("two-pass", time.perf_counter() - t0))
         valid_counts = [two_pass_info.pop("valid_pixels")]
     patchwork_info: dict[str, Any] = {"enabled": bool(opts.patchwork_suppressor_enabled), "ran": False}
     if opts.patchwork_suppressor_enabled:
         t0 = time.perf_counter()
         source_name = "stages/twopass_mosaic" if two_pass_info.get("ran") else pass1_mosaic_name
-        patchwork_info = run_patchwork(backend, store, opts, blocks, window, runner, source_name)
+        patchwork_info = run_patchwork(backend, store, opts, blocks, window, runner, source_name,
+                                       handover=handover)
         stages.append(("patchwork", time.perf_counter() - t0))
+    handover.clear()
     store.attrs_update(window=list(window), autocrop_fired=bool(fired), patchwork=patchwork_info,
                        steps_run=["intertile" if calibration_json.get("applied") else "intertile (not applied)",
                                   "background", "coadd", "alpha union", "autocrop", "masking"],
@@ -840,12 +867,19 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
 def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, tiles: list[TilePlan],
                  out_grid: OutputGrid, opts: Phase5Options, blocks: list[Box],
                  runner: BlockRunner, output_name: str = "mosaic", state: dict | None = None,
-                 save_state: Callable[..., None] | None = None) -> dict[str, Any]:
-    """§6: coverage blur (halo), tile gains (exact medians), pass 2, P5, merge."""
+                 save_state: Callable[..., None] | None = None, handover: StageHandover | None = None,
+                 hand_over_result: bool = False) -> dict[str, Any]:
+    """§6: coverage blur (halo), tile gains (exact medians), pass 2, P5, merge.
+
+    ``handover`` serves the stage arrays' regions to device tasks (and keeps what this
+    computes on the device for the later block stages); ``hand_over_result``: keep the merged
+    mosaic and coverage there too (a later stage reads them)."""
     from .renorm import blur_radius, blurred_coverage_block, merge_block, tile_gain
 
     height, width = out_grid.shape_hw
     block = int(store.attrs["block"])
+    if handover is None:
+        handover = StageHandover(None, 0, (height, width), block)
     sigma = float(opts.two_pass_cov_sigma_px)
     radius = blur_radius(sigma)
     c1 = store.array("stages/pass1_final_coverage")
@@ -859,11 +893,17 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         y0, y1, x0, x1 = box
         gy0, gy1 = max(0, y0 - radius), min(height, y1 + radius)
         gx0, gx1 = max(0, x0 - radius), min(width, x1 + radius)
-        region = be.asarray(c1[gy0:gy1, gx0:gx1])
+        region = handover.region(be, c1, slice(gy0, gy1), slice(gx0, gx1))
         cb, scale = blurred_coverage_block(be, region, sigma)
         sy, sx = slice(y0 - gy0, y1 - gy0), slice(x0 - gx0, x1 - gx0)
         cov_blur[y0:y1, x0:x1] = be.to_host(cb[sy, sx])
         scale_map[y0:y1, x0:x1] = be.to_host(scale[sy, sx])
+        if handover.takes(be):              # the group's blocks, for the tile gains
+            for by0, by1, bx0, bx1 in iter_blocks((y1 - y0, x1 - x0), block):
+                part = (by0 + y0, by1 + y0, bx0 + x0, bx1 + x0)
+                own = (slice(part[0] - gy0, part[1] - gy0), slice(part[2] - gx0, part[3] - gx0))
+                handover.keep(cov_blur, part, cb[own])
+                handover.keep(scale_map, part, scale[own])
 
     blur_groups = halo_superblocks((height, width), block, radius, halo_stage_bytes(opts),
                                    workers=runner.workers)
@@ -874,9 +914,9 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
 
     runner.run("coverage blur", blur_groups, blur_task, recover=blur_recover)
 
-    def read_maps(box: Box):
-        y0, y1, x0, x1 = box
-        return c1[y0:y1, x0:x1], cov_blur[y0:y1, x0:x1], scale_map[y0:y1, x0:x1]
+    def read_maps(box: Box, be: Backend):
+        rows, cols = slice(box[0], box[1]), slice(box[2], box[3])
+        return tuple(handover.region(be, array, rows, cols) for array in (c1, cov_blur, scale_map))
 
     state = state if state is not None else {}
     if "two_pass_tiles" in state:
@@ -914,21 +954,30 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
             save_state("two-pass gains", two_pass_tiles=[
                 {"gain": t.two_pass_gain,
                  "bg2": [None if not math.isfinite(v) else v for v in t.bg_offsets_pass2]} for t in tiles])
+    handover.drop((cov_blur, scale_map))          # read by the tile gains alone
     m2 = store.require("stages/pass2_mosaic", (height, width, 3), "float32", (block, block, 3),
                        fill_value=float("nan"))
     c2 = store.require("stages/pass2_coverage", (height, width), "float32", (block, block))
 
-    def pass2_task(box: Box, be: Backend) -> BlockResult:
-        return coadd_block(be, tile_store, tiles, out_grid, box,
-                           offsets_attr="bg_offsets_pass2", with_union=False, two_pass=True)
+    def pass2_task(box: Box, be: Backend) -> tuple[np.ndarray, np.ndarray, Any]:
+        """Pass 2 on ``be``: (mosaic NaN where not covered, coverage 0 where not finite, the two
+        on ``be`` when they are handed over, else None)."""
+        result = coadd_block(be, tile_store, tiles, out_grid, box, offsets_attr="bg_offsets_pass2",
+                             with_union=False, two_pass=True, keep_on_backend=True, host_copies=False)
+        xp = be.xp
+        mos, cov = result.on_backend[:2]
+        cov = xp.where(xp.isfinite(cov), cov, xp.float32(0.0))
+        mos = xp.where(xp.isfinite(mos) & (cov > 0)[..., None], mos, xp.float32(np.nan))
+        return be.to_host(mos), be.to_host(cov), (mos, cov) if handover.takes(be) else None
 
-    def pass2_commit(box: Box, result: BlockResult) -> None:
+    def pass2_commit(box: Box, result: tuple[np.ndarray, np.ndarray, Any]) -> None:
         y0, y1, x0, x1 = box
-        cov = np.where(np.isfinite(result.coverage), result.coverage, np.float32(0.0))
-        mos = np.where(np.isfinite(result.mosaic), result.mosaic, np.float32(np.nan))
-        mos[cov <= 0] = np.nan
+        mos, cov, on_backend = result
         m2[y0:y1, x0:x1, :] = mos
         c2[y0:y1, x0:x1] = cov
+        if on_backend is not None:
+            handover.keep(m2, box, on_backend[0])
+            handover.keep(c2, box, on_backend[1])
 
     def pass2_recover(box: Box) -> None:
         y0, y1, x0, x1 = box
@@ -938,9 +987,9 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
     runner.run("pass2", blocks, pass2_task, recover=pass2_recover, commit=pass2_commit)
 
     def luminance_values(box: Box, be: Backend) -> np.ndarray:
-        y0, y1, x0, x1 = box
-        valid = (be.asarray(c1[y0:y1, x0:x1]) > 0) & (be.asarray(c2[y0:y1, x0:x1]) > 0)
-        lum = channel_mean(be.xp, be.asarray(m1[y0:y1, x0:x1, :]))[valid]
+        own = (slice(box[0], box[1]), slice(box[2], box[3]))
+        valid = (handover.region(be, c1, *own) > 0) & (handover.region(be, c2, *own) > 0)
+        lum = channel_mean(be.xp, handover.region(be, m1, *own))[valid]
         return be.to_host(lum[be.xp.isfinite(lum)])
 
     p5 = run_percentiles(blocks, runner.guarded_values("two-pass P5", luminance_values), [5.0], opts,
@@ -957,23 +1006,31 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
     coverage_arr = store.require("coverage", (height, width), "float32", (block, block))
     pass2_mask = store.require("pass2_mask", (height, width), "uint8", (block, block))
 
-    def merge_task(box: Box, be: Backend) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
-        """§6.6 on ``be``: (mosaic, coverage, pass-2 mask, pixels from pass 2, valid pixels)."""
+    def merge_task(box: Box, be: Backend) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, Any]:
+        """§6.6 on ``be``: (mosaic, coverage, pass-2 mask, pixels from pass 2, valid pixels, the
+        mosaic and coverage on ``be`` when they are handed over, else None)."""
         y0, y1, x0, x1 = box
+        own = (slice(y0, y1), slice(x0, x1))
         if eps is None:                      # pass 1 kept as it is: nothing to compute on ``be``
             mos, cov = m1[y0:y1, x0:x1, :], c1[y0:y1, x0:x1]
-            return mos, cov, np.zeros(cov.shape, dtype=np.uint8), 0, count_all_finite(np, mos)
-        mos, cov, use = merge_block(be, be.asarray(m1[y0:y1, x0:x1, :]), be.asarray(c1[y0:y1, x0:x1]),
-                                    be.asarray(m2[y0:y1, x0:x1, :]), be.asarray(c2[y0:y1, x0:x1]), eps)
+            return mos, cov, np.zeros(cov.shape, dtype=np.uint8), 0, count_all_finite(np, mos), None
+        mos, cov, use = merge_block(be, handover.region(be, m1, *own), handover.region(be, c1, *own),
+                                    handover.region(be, m2, *own), handover.region(be, c2, *own), eps)
         used, valid = int(be.xp.count_nonzero(use)), count_all_finite(be.xp, mos)
-        return be.to_host(mos), be.to_host(cov), be.to_host(use.astype(be.xp.uint8)), used, valid
+        on_backend = (mos, cov) if hand_over_result and handover.takes(be) else None
+        return (be.to_host(mos), be.to_host(cov), be.to_host(use.astype(be.xp.uint8)), used, valid,
+                on_backend)
 
-    def merge_commit(box: Box, result: tuple[np.ndarray, np.ndarray, np.ndarray, int, int]) -> tuple[int, int]:
+    def merge_commit(box: Box, result: tuple[np.ndarray, np.ndarray, np.ndarray, int, int, Any]
+                     ) -> tuple[int, int]:
         y0, y1, x0, x1 = box
-        mos, cov, use, used, valid = result
+        mos, cov, use, used, valid, on_backend = result
         mosaic_arr[y0:y1, x0:x1, :] = mos
         coverage_arr[y0:y1, x0:x1] = cov
         pass2_mask[y0:y1, x0:x1] = use
+        if on_backend is not None:
+            handover.keep(mosaic_arr, box, on_backend[0])
+            handover.keep(coverage_arr, box, on_backend[1])
         return used, valid
 
     def merge_recover(box: Box) -> tuple[int, int]:
@@ -984,6 +1041,7 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         return int(use.sum()), count_all_finite(np, mos)
 
     counts = runner.run("merge", blocks, merge_task, recover=merge_recover, commit=merge_commit)
+    handover.drop((m1, c1, m2, c2))
     used = sum(c[0] for c in counts)
     info["fraction_pass2"] = used / float(height * width)
     info["valid_pixels"] = sum(c[1] for c in counts)
@@ -993,9 +1051,13 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
 
 
 def run_patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks: list[Box],
-                  window: Box, runner: BlockRunner, source_name: str) -> dict[str, Any]:
-    """§7, writing ``mosaic``; where the suppressor is a no-op the input is copied unchanged."""
-    info = _patchwork(backend, store, opts, blocks, window, runner, source_name)
+                  window: Box, runner: BlockRunner, source_name: str,
+                  handover: StageHandover | None = None) -> dict[str, Any]:
+    """§7, writing ``mosaic``; where the suppressor is a no-op the input is copied unchanged.
+    ``handover`` serves the mosaic, coverage and alpha regions to device tasks."""
+    if handover is None:
+        handover = StageHandover(None, 0, tuple(store.attrs["shape_hw"]), int(store.attrs["block"]))
+    info = _patchwork(backend, store, opts, blocks, window, runner, source_name, handover)
     if not info.get("ran"):
         source = store.array(source_name)
         output = store.array("mosaic")
@@ -1011,7 +1073,7 @@ def run_patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blo
 
 
 def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks: list[Box],
-               window: Box, runner: BlockRunner, source_name: str) -> dict[str, Any]:
+               window: Box, runner: BlockRunner, source_name: str, handover: StageHandover) -> dict[str, Any]:
     """§7 on the finished mosaic (within the autocrop window), block by block with halos."""
     from . import patchwork as pw
 
@@ -1052,10 +1114,8 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
 
     def read(box: Box, halo: int = 0, be: Backend = backend):
         region, inner = haloed(box, halo)
-        m = be.asarray(mosaic[region + (slice(None),)])
-        c = be.asarray(coverage[region])
-        a = be.asarray(alpha[region])
-        return m, c, a, inner
+        return (handover.region(be, mosaic, *region), handover.region(be, coverage, *region),
+                handover.region(be, alpha, *region), inner)
 
     def y_values(box: Box, be: Backend) -> np.ndarray:
         m, c, a, _ = read(box, 0, be)
@@ -1082,11 +1142,11 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
         coverage is read with the halo (a halo reads the neighbouring chunks whole, as their
         checksums cover them whole, and the mosaic's are three times the coverage's)."""
         region, inner = haloed(box, halo)
-        c = be.asarray(coverage[region])
+        c = handover.region(be, coverage, *region)
         g = pw.gradient_magnitude(be, pw.seam_source(be, c, max_c))
         own, _ = haloed(box, 0)
-        m = be.asarray(mosaic[own + (slice(None),)])
-        return g, inner, m, pw.valid_mask(be, m, c[inner], be.asarray(alpha[own]))
+        m = handover.region(be, mosaic, *own)
+        return g, inner, m, pw.valid_mask(be, m, c[inner], handover.region(be, alpha, *own))
 
     def g_values(box: Box, be: Backend) -> np.ndarray:
         g, inner, _, valid = seam_gradient(box, 1, be)

@@ -57,7 +57,7 @@ def tile_gain(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputGr
               step: int = DEFAULT_CONTROL_STEP) -> tuple[float, int, int]:
     """§6.4 γ_t: median of S over F_t ∧ V ∧ (Cb ≥ 2); returns (γ, |F_t|, |valid|).
 
-    ``read_maps(box)`` returns (C1, Cb, S) on a box of Ω.  F_t is where the
+    ``read_maps(box, backend)`` returns (C1, Cb, S) on a box of Ω, on ``backend``.  F_t is where the
     bilinear reprojection of m_t exceeds 1e-3 (only inside the tile's box).
     """
     xp = backend.xp
@@ -73,7 +73,7 @@ def tile_gain(backend: Backend, store: TileStore, tile: TilePlan, grid: OutputGr
         reprojected = sample_bilinear(backend, mask[None], origin, tile.cropped_hw, uu, vv)[0]
         in_tile = xp.nan_to_num(reprojected, nan=0.0) > 1e-3
         footprint += int(in_tile.sum())
-        cov, cb, scale = (backend.asarray(a) for a in read_maps(strip))
+        cov, cb, scale = read_maps(strip, backend)
         valid = in_tile & (cov > 0) & (cb >= threshold)
         if bool(valid.any()):
             gathered.append(backend.to_host(scale[valid]))
