@@ -1125,8 +1125,12 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
     # The statistics are independent of each other: the cheap ones that can stop the suppressor
     # come first, so a no-op (no valid pixel, or a seam gradient whose P99 is zero: a seam
     # line is a few pixels wide, under 1 % of most mosaics) never scans the mosaic for median(Y)
-    block_maxima = ordered_map(lambda b: float(np.nanmax(np.nan_to_num(
-        coverage[wy0 + b[0]:wy0 + b[1], wx0 + b[2]:wx0 + b[3]]))), wblocks, runner.workers)
+    def coverage_max(box: Box, be: Backend) -> float:
+        own, _ = haloed(box, 0)
+        return float(be.xp.nanmax(be.xp.nan_to_num(handover.region(be, coverage, *own))))
+
+    block_maxima = ordered_map(lambda b: runner.guard.call("patchwork statistics", b, coverage_max),
+                               wblocks, runner.workers)
     max_c = -np.inf
     for _, block_max in block_maxima:
         if isinstance(block_max, BaseException):
