@@ -273,6 +273,13 @@ def print_row(row: dict[str, Any]) -> None:
             print(f"{'':26s} {label} run host: process CPU {used['process_cpu_s']:.1f} s "
                   f"({used['process_cpu_s'] / max(seconds, 1e-9):.1f} cores busy on average)"
                   + ("" if loop is None else f", zarr loop thread {loop:.2f} s"), flush=True)
+    device = row.get("gpu_device") or {}
+    if device.get("handover_regions_served") is not None:
+        print(f"{'':26s} GPU stage handover: {device['handover_regions_served']} regions, "
+              f"{device.get('handover_bytes_served', 0) / 1e9:.2f} GB served on the device (neither read "
+              f"from the store nor copied from the host); kept at most {device.get('handover_peak_bytes', 0) / 1e9:.2f} "
+              f"of {device.get('handover_capacity', 0) / 1e9:.2f} GB, {device.get('handover_refused_blocks', 0)} "
+              "blocks refused", flush=True)
     print(f"{'':26s} CPU stages " + ", ".join(f"{n} {s:.2f}" for n, s in row["cpu_stages"]))
     print(f"{'':26s} GPU stages " + ", ".join(f"{n} {s:.2f}" for n, s in row["gpu_stages"]))
 

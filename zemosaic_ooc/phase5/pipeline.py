@@ -1028,6 +1028,7 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         mosaic_arr[y0:y1, x0:x1, :] = mos
         coverage_arr[y0:y1, x0:x1] = cov
         pass2_mask[y0:y1, x0:x1] = use
+        handover.drop((m1, c1, m2, c2), box)          # merge is their last reader
         if on_backend is not None:
             handover.keep(mosaic_arr, box, on_backend[0])
             handover.keep(coverage_arr, box, on_backend[1])
@@ -1041,7 +1042,7 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         return int(use.sum()), count_all_finite(np, mos)
 
     counts = runner.run("merge", blocks, merge_task, recover=merge_recover, commit=merge_commit)
-    handover.drop((m1, c1, m2, c2))
+    handover.drop((m1, c1, m2, c2))                   # blocks resumed as done, or not merged
     used = sum(c[0] for c in counts)
     info["fraction_pass2"] = used / float(height * width)
     info["valid_pixels"] = sum(c[1] for c in counts)
