@@ -24,8 +24,8 @@ def test_gil_report_adds_samples_by_place_and_by_pipeline_step(tmp_path, gil_rep
         f"Thread._bootstrap (threading.py:1002);BlockRunner.run.<locals>.call ({root}/phase5/pipeline.py:325);"
         f"_run_pipeline.<locals>.pass1_task ({root}/phase5/pipeline.py:668);"
         f"_bilinear ({root}/phase5/resample.py:140) 30",
-        f"Thread._bootstrap (threading.py:1002);BaseEventLoop.run_forever (asyncio/base_events.py:607);"
-        f"Handle._run (asyncio/events.py:80) 20",
+        "Thread._bootstrap (threading.py:1002);BaseEventLoop.run_forever (asyncio/base_events.py:607);"
+        "Handle._run (asyncio/events.py:80) 20",
         f"Thread._bootstrap (threading.py:1002);_WorkItem.run (concurrent/futures/thread.py:58);"
         f"_put ({site}/zarr/storage/_local.py:84) 10",
         # a nested function names its step through its enclosing function's qualified name
