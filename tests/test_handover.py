@@ -185,3 +185,25 @@ def test_a_device_run_resumed_mid_stage_gives_the_same_bytes(tmp_path, kill_at):
     assert attrs == expected_attrs
     for name, values in arrays.items():
         assert np.array_equal(values, expected[name], equal_nan=values.dtype.kind == "f"), name
+
+
+def test_a_block_the_device_has_no_room_to_copy_is_left_to_the_store(stage_array):
+    """keep runs in block commits, outside the OOM guard: an out-of-memory error in its cast
+    is a refusal, not a failed run; other errors are raised."""
+    from zemosaic_ooc.backend import DeviceError, DeviceOutOfMemory
+
+    array, values = stage_array
+    handover = StageHandover(numpy_as_device_backend(), 1 << 30, SHAPE, BLOCK)
+
+    class Failing(np.ndarray):
+        error: type = DeviceOutOfMemory
+
+        def astype(self, *args, **kwargs):
+            raise self.error("injected")
+
+    block = values[0:128, 0:128].copy().view(Failing)
+    assert not handover.keep(array, (0, 128, 0, 128), block)
+    assert handover.summary()["handover_refused_blocks"] == 1 and handover.used == 0
+    Failing.error = DeviceError
+    with pytest.raises(DeviceError):
+        handover.keep(array, (0, 128, 0, 128), block)

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..backend import Backend
+from ..backend import Backend, is_out_of_memory
 from .grid import Box
 
 
@@ -74,14 +74,23 @@ class StageHandover:
         (written there by the caller), as ``array``'s dtype.
 
         Returns False (nothing kept) when ``box`` is not one whole block, ``value`` is not on
-        the device, or it does not fit the capacity; the store then serves that block."""
+        the device, it does not fit the capacity, or the device has no room for the cast or
+        copy (keeps run in block commits, outside the OOM guard); the store then serves that
+        block."""
         key = self._key(str(array.path), box)
         if (key is None or value is None or self.device is None
                 or isinstance(value, np.ndarray) != self.device.on_host):
             return False
-        value = value.astype(array.dtype, copy=False)
-        if value.base is not None:         # a view would keep its whole base (a halo group) alive
-            value = value.copy()
+        try:
+            value = value.astype(array.dtype, copy=False)
+            if value.base is not None:     # a view would keep its whole base (a halo group) alive
+                value = value.copy()
+        except Exception as exc:           # noqa: BLE001 - no room for the copy: the store serves it
+            if not is_out_of_memory(exc):
+                raise
+            with self._lock:
+                self.refused_blocks += 1
+            return False
         nbytes = int(value.nbytes)
         with self._lock:
             old = self._items.pop(key, None)
