@@ -157,6 +157,28 @@ def test_the_first_device_task_of_a_stage_runs_alone_then_tasks_overlap():
     assert peak[0] > 1                            # later tasks ran side by side
 
 
+def test_the_first_task_gate_can_be_turned_off(monkeypatch):
+    """ZEMOSAIC_OOC_GPU_FIRST_TASK_ALONE=0: a stage's first tasks overlap as well."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from zemosaic_ooc.backend import numpy_backend
+    from zemosaic_ooc.fallback.guard import OomGuard
+
+    monkeypatch.setenv("ZEMOSAIC_OOC_GPU_FIRST_TASK_ALONE", "0")
+    guard = OomGuard(numpy_as_device_backend(), numpy_backend())
+    both = threading.Barrier(2, timeout=5)
+
+    def task(box, backend):
+        both.wait()                               # raises BrokenBarrierError if tasks ran alone
+        time.sleep(0.01)
+        return box
+
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(lambda k: guard.run("pass1", k, task)[0], range(2))) == [0, 1]
+
+
 def test_a_block_commit_runs_after_the_task_outside_the_device_slot():
     """The host part of a block (its writes) does not hold a device slot; a replayed block is
     committed too, with the host's result."""
