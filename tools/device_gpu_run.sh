@@ -15,6 +15,7 @@
 #   for d in ../shared/fixtures/*/; do n=$(basename $d); mkdir -p device_fixtures/$n;
 #     cp $d/master_tile_*.fits $d/ref.json device_fixtures/$n/; done
 # The 50x is against the anchor on the 16×2048² set itself: ANCHOR=synthetic times it
+# (ANCHOR= with nothing after it: no anchor)
 # there (about 5 minutes single-threaded), so run it in a call of its own, e.g.
 #   SKIP_PYTEST=1 ANCHOR=synthetic EXTRA_ARGS="--no-full-synthetic --fixtures none" CHECK_TIMEOUT=560
 set -u
@@ -33,7 +34,7 @@ if [ -z "${SKIP_PYTEST:-}" ]; then
 fi
 WORK=/tmp/gpu_check_work
 timeout "${CHECK_TIMEOUT:-450}" python3 tools/gpu_check.py --fixtures "${FIXTURES:-device_fixtures}" \
-  --synthetic "${SYNTHETIC:-4x4}" --tile-size "${TILE_SIZE:-2048}" --anchor "${ANCHOR:-2x2x1024}" \
+  --synthetic "${SYNTHETIC:-4x4}" --tile-size "${TILE_SIZE:-2048}" --anchor "${ANCHOR-2x2x1024}" \
   --work "$WORK" --json "$OUT/gpu_check.json" ${EXTRA_ARGS:-} 2>&1 | tee "$OUT/gpu_check.log"
 echo "gpu_check rc ${PIPESTATUS[0]}"
 # EXTRA_BLOCKS="0 1472": first-pass GPU runs of the synthetic set at these block sizes (0: the
