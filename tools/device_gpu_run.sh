@@ -15,9 +15,9 @@
 #   for d in ../shared/fixtures/*/; do n=$(basename $d); mkdir -p device_fixtures/$n;
 #     cp $d/master_tile_*.fits $d/ref.json device_fixtures/$n/; done
 # The 50x is against the anchor on the 16×2048² set itself: ANCHOR=synthetic times it
-# (ANCHOR= with nothing after it: no anchor)
 # there (about 5 minutes single-threaded), so run it in a call of its own, e.g.
 #   SKIP_PYTEST=1 ANCHOR=synthetic EXTRA_ARGS="--no-full-synthetic --fixtures none" CHECK_TIMEOUT=560
+# (ANCHOR= with nothing after it: no anchor at all)
 set -u
 source tools/device_env.sh
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
