@@ -35,12 +35,6 @@ class StageHandover:
     One sent to another process (a Dask worker) arrives empty and without a device.
     """
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"shape_hw": self.shape_hw, "block": self.block}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(None, 0, state["shape_hw"], state["block"])
-
     def __init__(self, device: Backend | None, capacity: int, shape_hw: tuple[int, int], block: int):
         self.device = device
         self.capacity = max(0, int(capacity))
@@ -54,6 +48,12 @@ class StageHandover:
         self.bytes_served = 0
         self._items: dict[tuple[str, int, int], Any] = {}
         self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"shape_hw": self.shape_hw, "block": self.block}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(None, 0, state["shape_hw"], state["block"])
 
     def _key(self, name: str, box: Box) -> tuple[str, int, int] | None:
         """The block key of ``box``, or None when ``box`` is not exactly one block of the grid."""
