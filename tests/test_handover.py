@@ -207,3 +207,17 @@ def test_a_block_the_device_has_no_room_to_copy_is_left_to_the_store(stage_array
     Failing.error = DeviceError
     with pytest.raises(DeviceError):
         handover.keep(array, (0, 128, 0, 128), block)
+
+
+def test_the_samples_share_goes_to_the_handover_after_pass_1(tmp_path):
+    """The background walk's samples are used up by pass 1: their share of the VRAM budget is
+    then the handover's, so a small device keeps more of the later stages' blocks."""
+    from zemosaic_ooc import device_budget
+
+    tiles = make_demo_tiles(tmp_path / "tiles", nx=2, ny=2, tile_hw=(192, 208), overlap=0.3, seed=3)
+    budget = 8 << 20
+    summary = pipeline.run_pipeline(tiles, tmp_path / "out.zarr", Phase5Options(block_size=128),
+                                    device=numpy_as_device_backend(budget), workers=2)
+    assert summary.device["handover_capacity"] == (device_budget.handover_capacity(budget)
+                                                   + device_budget.samples_capacity(budget))
+    assert summary.device["handover_peak_bytes"] > device_budget.handover_capacity(budget)

@@ -38,7 +38,8 @@ RESIDENT_SHARE = 0.25
 #: share of the device budget for block samples kept from the background walk for pass 1
 SAMPLES_SHARE = 0.15
 #: share of the device budget for stage arrays' blocks kept for the next block stages (the
-#: 16×2048² set's largest need, in pass 2 and merge: 33 B per output pixel, 1.77 GB)
+#: 16×2048² set's largest need, in pass 2 and merge: 33 B per output pixel, 1.77 GB); the
+#: samples' share is added to it once pass 1 has used the samples
 HANDOVER_SHARE = 0.10
 #: share of the device budget left to block tasks
 TASK_SHARE = 1.0 - RESIDENT_SHARE - SAMPLES_SHARE - HANDOVER_SHARE

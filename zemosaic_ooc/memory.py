@@ -103,6 +103,12 @@ class MemoryShelf:
             item = self.items.get(key)
             return None if item is None else item[0]
 
+    def clear(self) -> None:
+        """Let go of every value."""
+        with self._lock:
+            self.items.clear()
+            self.used = self.device_used = 0
+
     def pop(self, key: Hashable) -> Any | None:
         with self._lock:
             item = self.items.pop(key, None)

@@ -55,6 +55,12 @@ class StageHandover:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(None, 0, state["shape_hw"], state["block"])
 
+    def grow(self, nbytes: int) -> None:
+        """Add ``nbytes`` to the capacity (a share of the budget another use has given back)."""
+        if self.device is not None:
+            with self._lock:
+                self.capacity += max(0, int(nbytes))
+
     def _key(self, name: str, box: Box) -> tuple[str, int, int] | None:
         """The block key of ``box``, or None when ``box`` is not exactly one block of the grid."""
         y0, y1, x0, x1 = box

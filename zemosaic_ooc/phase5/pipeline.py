@@ -708,6 +708,10 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
 
     extents = runner.run("pass1", blocks, pass1_task, recover=pass1_recover, commit=pass1_commit)
     stages.append(("pass1", time.perf_counter() - t0))
+    if samples_cache is not None:
+        samples_cache.clear()          # blocks resumed as done leave theirs; nothing reads them now
+        if device is not None:         # the samples' share of the VRAM budget goes to the handover
+            handover.grow(samples_cache.device_capacity)
 
     # ---- autocrop (§5.4) and finish (§5.5)
     t0 = time.perf_counter()
