@@ -128,6 +128,7 @@ def test_a_device_run_hands_its_stage_arrays_over_with_the_same_mosaic(tmp_path,
     for label, capacity in (("handover", None), ("store", 0)):
         if capacity is not None:
             monkeypatch.setattr(pipeline, "handover_capacity", lambda budget: capacity)
+            monkeypatch.setattr(StageHandover, "grow", lambda self, nbytes: None)
         read_bytes.clear()
         summary = pipeline.run_pipeline(tiles, tmp_path / f"{label}.zarr", Phase5Options(block_size=128),
                                         device=numpy_as_device_backend(), workers=2)
