@@ -100,7 +100,7 @@ def test_only_whole_blocks_within_the_capacity_are_kept_in_the_store_dtype(stage
     handover.drop([array])
     assert handover.used == 0
     # no device: nothing is kept, every region is the store's
-    none = StageHandover(None, 0, SHAPE, BLOCK)
+    none = StageHandover.store_only(SHAPE, BLOCK)
     assert not none.takes(device) and not none.keep(array, (0, 128, 0, 128), values[0:128, 0:128])
 
 

@@ -64,10 +64,7 @@ class CountingArray(np.ndarray):
 
     def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
         _count()
-        return _wrap(func._implementation(*_unwrap(args), **_unwrap(kwargs))
-                     if hasattr(func, "_implementation") else
-                     super().__array_function__(func, tuple(t for t in types if t is not CountingArray)
-                                                or (np.ndarray,), args, kwargs))
+        return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))     # plain arrays: no second count
 
 
 def _unwrap(value: Any) -> Any:

@@ -49,11 +49,16 @@ class StageHandover:
         self._items: dict[tuple[str, int, int], Any] = {}
         self._lock = threading.Lock()
 
+    @classmethod
+    def store_only(cls, shape_hw: tuple[int, int], block: int) -> "StageHandover":
+        """One that keeps nothing: every region is read from the store."""
+        return cls(None, 0, shape_hw, block)
+
     def __getstate__(self) -> dict[str, Any]:
         return {"shape_hw": self.shape_hw, "block": self.block}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(None, 0, state["shape_hw"], state["block"])
+        self.__init__(None, 0, state["shape_hw"], state["block"])        # as store_only
 
     def grow(self, nbytes: int) -> None:
         """Add ``nbytes`` to the capacity (a share of the budget another use has given back)."""
@@ -159,10 +164,12 @@ class StageHandover:
         when given)."""
         names = {str(a.path) for a in arrays}
         with self._lock:
-            for key in [k for k in self._items if k[0] in names]:
-                if box is not None and key != self._key(key[0], box):
-                    continue
-                self.used -= int(self._items.pop(key).nbytes)
+            keys = ([k for k in self._items if k[0] in names] if box is None
+                    else [self._key(name, box) for name in names])
+            for key in keys:
+                value = self._items.pop(key, None)
+                if value is not None:
+                    self.used -= int(value.nbytes)
 
     def clear(self) -> None:
         """Let go of every kept block (the device memory is freed with the arrays)."""

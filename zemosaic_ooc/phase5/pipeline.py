@@ -265,7 +265,8 @@ def _kill_point(stage: str, count: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _drop_resident(device: Backend) -> None:
+def _release_device_caches(device: Backend) -> None:
+    """Let go of the resident tiles and the handed-over blocks (the VRAM is the caller's again)."""
     if device.resident is not None:
         device.resident.clear()
     device.resident = None
@@ -586,9 +587,8 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     blocks = list(iter_blocks(shape_hw, block))      # the output chunks: every block stage's boxes
     # stage arrays' blocks handed to the next block stages on the device (phase5/handover.py;
     # in process only: none on the CPU path or with a Dask client)
-    handover = StageHandover(None if runner.client is not None else device,
-                             0 if device is None or runner.client is not None
-                             else handover_capacity(device.budget_bytes), shape_hw, block)
+    handover = (StageHandover(device, handover_capacity(device.budget_bytes), shape_hw, block)
+                if device is not None and runner.client is None else StageHandover.store_only(shape_hw, block))
     if device is not None:
         device.handover = handover
         # VRAM budget: how many block tasks the device holds at once
@@ -600,7 +600,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         device.resident = ResidentTiles(resident_capacity(device.budget_bytes,
                                                           sum(resident_bytes(t) for t in tiles)))
         if _cleanup is not None:
-            _cleanup.callback(_drop_resident, device)     # the VRAM is the caller's again after the run
+            _cleanup.callback(_release_device_caches, device)     # the VRAM is the caller's again after the run
         log.info("device %s: budget %.2f GiB, blocks of %d px reached by up to %d tiles: %d task(s) at once; "
                  "%.2f GiB for resident tiles", device.name, device.budget_bytes / 2**30, block, most_tiles,
                  guard.device_slots, device.resident.capacity / 2**30)
@@ -883,7 +883,7 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
     height, width = out_grid.shape_hw
     block = int(store.attrs["block"])
     if handover is None:
-        handover = StageHandover(None, 0, (height, width), block)
+        handover = StageHandover.store_only((height, width), block)
     sigma = float(opts.two_pass_cov_sigma_px)
     radius = blur_radius(sigma)
     c1 = store.array("stages/pass1_final_coverage")
@@ -1061,7 +1061,7 @@ def run_patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blo
     """§7, writing ``mosaic``; where the suppressor is a no-op the input is copied unchanged.
     ``handover`` serves the mosaic, coverage and alpha regions to device tasks."""
     if handover is None:
-        handover = StageHandover(None, 0, tuple(store.attrs["shape_hw"]), int(store.attrs["block"]))
+        handover = StageHandover.store_only(tuple(store.attrs["shape_hw"]), int(store.attrs["block"]))
     info = _patchwork(backend, store, opts, blocks, window, runner, source_name, handover)
     if not info.get("ran"):
         source = store.array(source_name)
