@@ -16,6 +16,7 @@ import numpy as np
 
 from ..backend import Backend
 from .channels import all_finite
+from .filters import opencv_gaussian_weights, separable_blur
 
 LUMA = (0.2126, 0.7152, 0.0722)
 PRESETS = {"low": (0.70, 0.90, 0.85), "normal": (1.0, 1.0, 1.0), "strong": (1.30, 1.10, 1.20)}
@@ -62,21 +63,9 @@ def resolve_params(opts: Any) -> PatchworkParams:
     return PatchworkParams(k, sigma_small, sigma_large, sigma_seam, delta)
 
 
-def gaussian_weights(sigma: float) -> np.ndarray:
-    """OpenCV's kernel: size max(3, 2·round(1.5σ) + 1), exp(−x²/2σ²), normalised."""
-    size = max(3, 2 * int(round(1.5 * sigma)) + 1)
-    x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
-    weights = np.exp(-(x * x) / (2.0 * sigma * sigma))
-    return weights / weights.sum()
-
-
 def blur(backend: Backend, plane: Any, sigma: float) -> Any:
-    """§7.3 B_σ on a float32 plane (REFLECT_101 border), float32 out."""
-    nd = backend.ndimage
-    weights = backend.asarray(gaussian_weights(sigma))
-    out = nd.correlate1d(plane.astype(backend.xp.float32), weights, axis=0, mode="mirror",
-                         output=backend.xp.float32)
-    return nd.correlate1d(out, weights, axis=1, mode="mirror", output=backend.xp.float32)
+    """§7.3 B_σ on a float32 plane (REFLECT_101 border = ndimage's "mirror"), float32 out."""
+    return separable_blur(backend, plane, opencv_gaussian_weights(sigma), "mirror")
 
 
 def luminance(backend: Backend, mosaic: Any) -> Any:

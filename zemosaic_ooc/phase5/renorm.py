@@ -1,7 +1,7 @@
 """Two-pass coverage renormalisation (spec §6), block by block with halos.
 
-* coverage blur: G = gaussian σ (truncate 4, mode reflect), separable, float32
-  after each axis — computed per block on a region grown by the kernel radius,
+* coverage blur: G = gaussian σ (truncate 4, mode reflect), separable, summed in
+  float64 and rounded to float32 after each axis (:mod:`.filters`) — computed per block on a region grown by the kernel radius,
   which gives exactly the whole-image result (the halo equals the radius);
 * per-tile gains γ_t from exact medians of the scale map S over each tile's
   restricted footprint, gathered strip by strip over the tile's box;
@@ -20,6 +20,7 @@ from ..store.tiles import TileStore
 from .grid import Box
 from .channels import channel_mean
 from .coadd import tile_strips
+from .filters import scipy_gaussian_weights, separable_blur
 from .mapping import DEFAULT_CONTROL_STEP, OutputGrid
 from .prep import TilePlan, region_mask
 from .resample import sample_bilinear
@@ -37,13 +38,13 @@ def blurred_coverage_block(backend: Backend, coverage_region: Any, sigma: float)
     Returns (Cb, S) on the same region; only pixels at least one radius from an
     interior region edge are exact (the caller crops the halo away).
     """
-    xp, nd = backend.xp, backend.ndimage
+    xp = backend.xp
     cov = xp.nan_to_num(coverage_region.astype(xp.float32))
     valid = cov > 0
     numerator = cov * valid.astype(xp.float32)
-    nb = nd.gaussian_filter(numerator, sigma=float(sigma), truncate=4.0, mode="reflect", output=xp.float32)
-    db = nd.gaussian_filter(valid.astype(xp.float32), sigma=float(sigma), truncate=4.0,
-                            mode="reflect", output=xp.float32)
+    weights = scipy_gaussian_weights(sigma, truncate=4.0)
+    nb = separable_blur(backend, numerator, weights, "reflect")
+    db = separable_blur(backend, valid.astype(xp.float32), weights, "reflect")
     with np.errstate(invalid="ignore", divide="ignore"):
         cb = xp.where(db > 0, nb / db, xp.float32(0.0)).astype(xp.float32)
         scale = xp.where(valid, xp.clip(cb / xp.maximum(cov, EPS32), 0.5, 2.0),

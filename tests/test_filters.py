@@ -1,0 +1,79 @@
+"""The shared separable blurs (phase5/filters.py): SciPy's bits on numpy, float64 sums."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from zemosaic_ooc.backend import numpy_as_device_backend, numpy_backend
+from zemosaic_ooc.phase5.filters import (opencv_gaussian_weights, scipy_gaussian_weights,
+                                         separable_blur)
+
+
+@pytest.mark.parametrize("sigma", [1.3, 8.0, 50.0])
+def test_coverage_blur_has_the_bits_of_scipy_gaussian_filter(sigma):
+    rng = np.random.default_rng(11)
+    # a region narrower than the kernel radius too: reflect folds more than once
+    for shape in ((130, 170), (90, 45)):
+        plane = np.clip(rng.normal(2.0, 1.0, shape), 0, None).astype(np.float32)
+        expected = ndimage.gaussian_filter(plane, sigma=sigma, truncate=4.0, mode="reflect", output=np.float32)
+        got = separable_blur(numpy_backend(), plane, scipy_gaussian_weights(sigma), "reflect")
+        assert got.dtype == np.float32
+        assert np.array_equal(got, expected)
+
+
+def test_scipy_gaussian_weights_are_scipys_kernel():
+    for sigma in (0.7, 5.0, 50.0):
+        radius = int(4.0 * sigma + 0.5)
+        impulse = np.zeros(4 * radius + 3)
+        impulse[2 * radius + 1] = 1.0
+        kernel = ndimage.gaussian_filter1d(impulse, sigma, truncate=4.0, mode="constant")
+        np.testing.assert_array_equal(scipy_gaussian_weights(sigma),
+                                      kernel[radius + 1:3 * radius + 2])
+
+
+def test_patchwork_blur_has_the_bits_of_a_float32_correlate():
+    from zemosaic_ooc.phase5.patchwork import blur
+
+    rng = np.random.default_rng(5)
+    plane = rng.normal(0.5, 0.1, (100, 90)).astype(np.float32)
+    for sigma in (1.2, 6.0, 70.4):
+        weights = opencv_gaussian_weights(sigma)
+        assert weights.size == max(3, 2 * int(round(1.5 * sigma)) + 1)
+        expected = ndimage.correlate1d(plane, weights, axis=0, mode="mirror", output=np.float32)
+        expected = ndimage.correlate1d(expected, weights, axis=1, mode="mirror", output=np.float32)
+        assert np.array_equal(blur(numpy_backend(), plane, sigma), expected)
+
+
+class _Float32SummingNdimage:
+    """An ndimage whose correlate1d sums in the input's precision, as cupyx.scipy.ndimage does."""
+
+    @staticmethod
+    def correlate1d(values, weights, axis, mode, output):
+        precision = np.result_type(values.dtype, np.float32)
+        moved = np.moveaxis(values.astype(precision), axis, -1)
+        radius = weights.size // 2
+        pad_mode = {"reflect": "symmetric", "mirror": "reflect"}[mode]
+        padded = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(radius, radius)], mode=pad_mode)
+        total = np.zeros(moved.shape, dtype=precision)
+        for j, w in enumerate(weights.astype(precision)):
+            total += padded[..., j:j + moved.shape[-1]] * w
+        return np.moveaxis(total, -1, axis).astype(output)
+
+
+def test_blur_lines_reach_correlate1d_as_float64_so_a_device_sums_them_in_float64():
+    # a float32-summing ndimage (CuPy's rule) given what separable_blur passes gives the float64
+    # sums, within the rounding of the float64 summation order: at most 1 float32 ulp
+    rng = np.random.default_rng(2)
+    plane = np.clip(rng.normal(2.0, 1.0, (120, 110)), 0, None).astype(np.float32)
+    weights = scipy_gaussian_weights(20.0)
+    backend = numpy_as_device_backend()
+    expected = separable_blur(backend, plane, weights, "reflect")
+    backend.ndimage = _Float32SummingNdimage()
+    got = separable_blur(backend, plane, weights, "reflect")
+    ulps = np.abs(got.view(np.int32).astype(np.int64) - expected.view(np.int32).astype(np.int64))
+    assert ulps.max() <= 1
+    # what float32 lines would have given: tens of ulps (the H100's 16x2048² parity failure)
+    single = _Float32SummingNdimage.correlate1d(plane, weights, 0, "reflect", np.float32)
+    single = _Float32SummingNdimage.correlate1d(single, weights, 1, "reflect", np.float32)
+    assert np.abs(single.view(np.int32).astype(np.int64) - expected.view(np.int32).astype(np.int64)).max() > 2
