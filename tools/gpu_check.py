@@ -36,7 +36,9 @@ a CPU 2x2x1024 gave 4.39 s per covered Mpix against 5.78 on 4x4x2048 (1.32x; too
 §10).  ``--anchor synthetic`` times the anchor on the synthetic set itself (about 5 minutes
 there), against that set's first pass.
 
-Exits 1 when parity fails, 2 when no GPU is usable.
+When a set's GPU run fails parity, its CPU and GPU stores are compared stage array by stage
+array and scalar by scalar (:mod:`tools.stage_diff`) before they are deleted, so the stage where
+the two part is in the log.  Exits 1 when parity fails, 2 when no GPU is usable.
 """
 from __future__ import annotations
 
@@ -206,6 +208,13 @@ def check_set(name: str, tiles: list[Path], work: Path, ns: argparse.Namespace,
         ok &= forced and _passes(row["small_pool"], ns.tolerance)
         shutil.rmtree(work / f"{name}_oom.zarr", ignore_errors=True)
     row["pass"] = bool(ok)
+    if ran_on_gpu and not _passes(row["gpu"], ns.tolerance):
+        # which stage the two runs part at, while both stores are still there (tools/stage_diff.py)
+        import stage_diff
+
+        print(f"{name}: parity FAILED; the stores compared stage by stage (CPU vs GPU):", flush=True)
+        row["stage_diff"] = stage_diff.compare_stores(work / f"{name}_cpu.zarr", work / f"{name}_gpu.zarr")
+        stage_diff.print_report(row["stage_diff"])
     import zarr
 
     # the output grid, for the anchor to coadd onto the same pixels
