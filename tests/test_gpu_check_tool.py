@@ -34,3 +34,16 @@ def test_check_set_passes_the_emulated_device_and_compares_stages_when_parity_fa
     assert {"mosaic", "stages/scale_map", "stages/pass1_mosaic"} <= set(arrays)
     assert all(a["differing_pixels"] == 0 for a in arrays.values())
     assert "parity FAILED; the stores compared stage by stage" in capsys.readouterr().out
+
+
+def test_the_summary_times_each_block_stage_within_the_pipeline_stages(tmp_path):
+    from zemosaic_ooc.options import Phase5Options
+    from zemosaic_ooc.phase5.pipeline import run_pipeline
+
+    tiles = make_demo_tiles(tmp_path / "tiles", nx=2, ny=1, tile_hw=(160, 176), overlap=0.2, seed=4)
+    summary = run_pipeline(tiles, tmp_path / "out.zarr", Phase5Options(gpu="off"), workers=2)
+    block = dict(summary.block_stages)
+    assert {"pass1", "coverage blur", "pass2", "merge"} <= set(block)
+    assert all(seconds >= 0.0 for seconds in block.values())
+    two_pass = dict(summary.stages)["two-pass"]
+    assert block["coverage blur"] + block["pass2"] + block["merge"] <= two_pass

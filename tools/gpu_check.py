@@ -180,6 +180,8 @@ def check_set(name: str, tiles: list[Path], work: Path, ns: argparse.Namespace,
                            "shape_hw": list(cpu_summary.shape_hw), "cpu_s": cpu_s, "gpu_s": gpu_s,
                            "cpu_workers": ns.cpu_workers, "gpu_workers": gpu_summary.workers,
                            "cpu_stages": cpu_summary.stages, "gpu_stages": gpu_summary.stages,
+                           "cpu_block_stages": cpu_summary.block_stages,
+                           "gpu_block_stages": gpu_summary.block_stages,
                            "gpu_device": gpu_summary.device, "cpu_run_host": cpu_used,
                            "gpu_run_host": gpu_used}
     covered = cpu_summary.valid_fraction * (cpu_summary.window[1] - cpu_summary.window[0]) * \
@@ -291,6 +293,10 @@ def print_row(row: dict[str, Any]) -> None:
               "blocks refused", flush=True)
     print(f"{'':26s} CPU stages " + ", ".join(f"{n} {s:.2f}" for n, s in row["cpu_stages"]))
     print(f"{'':26s} GPU stages " + ", ".join(f"{n} {s:.2f}" for n, s in row["gpu_stages"]))
+    for label in ("cpu", "gpu"):
+        if row.get(f"{label}_block_stages"):
+            print(f"{'':26s} {label.upper()} block stages " + ", ".join(
+                f"{n} {s:.2f}" for n, s in row[f"{label}_block_stages"]))
 
 
 def main(argv: list[str] | None = None) -> int:

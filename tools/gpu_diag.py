@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"RESULT {ns.out} gpu={ns.gpu} workers={summary.workers} block={summary.block_size} "
           f"wall {wall:.2f} s backend {summary.backend} device {summary.device}")
     print("stages " + ", ".join(f"{n} {s:.2f}" for n, s in summary.stages), flush=True)
+    print("block stages " + ", ".join(f"{n} {s:.2f}" for n, s in summary.block_stages), flush=True)
     from gpu_check import zarr_loop_cpu_seconds
 
     loop_cpu = zarr_loop_cpu_seconds()

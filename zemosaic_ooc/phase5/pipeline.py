@@ -73,6 +73,8 @@ class RunSummary:
     block_size: int
     workers: int
     stages: list[tuple[str, float]] = field(default_factory=list)
+    #: wall seconds of each block stage within ``stages`` (coverage blur, pass2, merge, …)
+    block_stages: list[tuple[str, float]] = field(default_factory=list)
     calibration: dict[str, Any] = field(default_factory=dict)
     background_offsets: list[list[float]] = field(default_factory=list)
     tile_weights: list[float] = field(default_factory=list)
@@ -308,6 +310,9 @@ class BlockRunner:
     resume: bool = False
     durable: bool = False
     client: Any = None           # a dask.distributed Client: tasks run on its workers
+    #: wall seconds of each block stage this runner ran, by stage label, in order (a label run
+    #: twice adds up): the finer breakdown of a pipeline stage (e.g. "two-pass")
+    block_stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def run(self, stage: str, boxes: Sequence[Box], task: Callable[..., Any], *,
             guarded: bool = True, recover: Callable[[Box], Any] | None = None,
@@ -334,6 +339,7 @@ class BlockRunner:
                 result = commit(box, result)
             return result, backend_name, time.perf_counter() - started, replay
 
+        stage_started = time.perf_counter()
         self.progress.start(stage, len(boxes))
         results: list[Any] = [None] * len(boxes)
         todo = []
@@ -359,6 +365,8 @@ class BlockRunner:
             self.progress.advance(stage)
             _kill_point(stage, completed)
         self.progress.finish(stage)
+        self.block_stage_seconds[stage] = (self.block_stage_seconds.get(stage, 0.0)
+                                           + time.perf_counter() - stage_started)
         return results
 
     def guarded_values(self, stage: str, values_of: Callable[[Box, Backend], np.ndarray]
@@ -835,6 +843,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         output=str(output), shape_hw=tuple(shape_hw), window=window, n_tiles=len(tiles),
         backend=backend.name if device is None else f"{device.name} (replays on {backend.name})",
         block_size=block, workers=workers, stages=stages, device=guard.summary(),
+        block_stages=list(runner.block_stage_seconds.items()),
         calibration=calibration_json, background_offsets=[list(t.bg_offsets) for t in tiles],
         tile_weights=[t.tau for t in tiles], autocrop_fired=bool(fired),
         valid_fraction=sum(valid_counts) / window_pixels,
@@ -863,7 +872,8 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     journal.stage_done("run", sum(s for _, s in stages))
     journal.close()
     summary.peak_rss_bytes = rss.sample()
-    store.attrs_update(summary={"stages": stages, "peak_rss_bytes": summary.peak_rss_bytes,
+    store.attrs_update(summary={"stages": stages, "block_stages": summary.block_stages,
+                                "peak_rss_bytes": summary.peak_rss_bytes,
                                 "valid_fraction": summary.valid_fraction})
     return summary
 
