@@ -17,9 +17,10 @@ import math
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import psutil
@@ -369,6 +370,17 @@ class BlockRunner:
                                            + time.perf_counter() - stage_started)
         return results
 
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Adds the wall time of the ``with`` body to ``block_stage_seconds[stage]`` (a stage
+        that is not one :meth:`run`: the tile gains, the percentile scans)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.block_stage_seconds[stage] = (self.block_stage_seconds.get(stage, 0.0)
+                                               + time.perf_counter() - started)
+
     def guarded_values(self, stage: str, values_of: Callable[[Box, Backend], np.ndarray]
                        ) -> Callable[[Box], np.ndarray]:
         """``values_of(box, backend)`` through the OOM guard (device first, CPU replay), as the
@@ -656,21 +668,23 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
                                 ) if runner.client is None else None
     if not stage_done("background"):
         # each scan holds a band of one tile: the tiles are scanned side by side
-        bboxes = ordered_map(lambda t: union_bbox(backend, tile_store, t, out_grid,
-                                                  strip_pixels=strip_pixels(int(opts.memory_budget))),
-                             tiles, workers)
-        for tile, bbox in bboxes:
-            if isinstance(bbox, BaseException):
-                raise bbox
-            tile.union_bbox = bbox
-            rss.sample()
+        with runner.timed("union bboxes"):
+            bboxes = ordered_map(lambda t: union_bbox(backend, tile_store, t, out_grid,
+                                                      strip_pixels=strip_pixels(int(opts.memory_budget))),
+                                 tiles, workers)
+            for tile, bbox in bboxes:
+                if isinstance(bbox, BaseException):
+                    raise bbox
+                tile.union_bbox = bbox
+                rss.sample()
         progress.start("background", 1, unit="pair")
         strip = strip_pixels(int(opts.memory_budget))
-        offsets, _ = background_offsets(
-            backend, tile_store, tiles, out_grid, strip_pixels=strip, workers=workers,
-            blocks=blocks, cache=samples_cache,
-            diff_bytes=int(opts.memory_budget) // MEMORY_SHARE, run_on=guard.call,
-            progress=lambda k, n: (progress.advance("background", 0), rss.sample()))
+        with runner.timed("background offsets"):
+            offsets, _ = background_offsets(
+                backend, tile_store, tiles, out_grid, strip_pixels=strip, workers=workers,
+                blocks=blocks, cache=samples_cache,
+                diff_bytes=int(opts.memory_budget) // MEMORY_SHARE, run_on=guard.call,
+                progress=lambda k, n: (progress.advance("background", 0), rss.sample()))
         progress.finish("background")
         for tile, row in zip(tiles, offsets):
             tile.bg_offsets = [float(v) for v in row]
@@ -940,27 +954,29 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         gains = [t.two_pass_gain for t in tiles]
     else:
         gains = []
-        progress.start("two-pass gains", len(tiles), unit="tile")
+        with runner.timed("two-pass gains"):
+            progress.start("two-pass gains", len(tiles), unit="tile")
 
-        def gain_of(tile: TilePlan) -> tuple[float, int, int]:
-            return runner.guard.call(
-                "two-pass gains", tile.index,
-                lambda _, be: tile_gain(be, tile_store, tile, out_grid, read_maps, opts.two_pass_cov_gain_clip,
-                                        strip_pixels=strip_pixels(int(opts.memory_budget))))
+            def gain_of(tile: TilePlan) -> tuple[float, int, int]:
+                return runner.guard.call(
+                    "two-pass gains", tile.index,
+                    lambda _, be: tile_gain(be, tile_store, tile, out_grid, read_maps, opts.two_pass_cov_gain_clip,
+                                            strip_pixels=strip_pixels(int(opts.memory_budget))))
 
-        # each tile's median scans its own box strip by strip: the tiles run side by side
-        for tile, found in ordered_map(gain_of, tiles, runner.workers):
-            if isinstance(found, BaseException):
-                raise found
-            rss.sample()
-            tile.two_pass_gain = found[0]
-            gains.append(found[0])
-            progress.advance("two-pass gains")
-        progress.finish("two-pass gains")
+            # each tile's median scans its own box strip by strip: the tiles run side by side
+            for tile, found in ordered_map(gain_of, tiles, runner.workers):
+                if isinstance(found, BaseException):
+                    raise found
+                rss.sample()
+                tile.two_pass_gain = found[0]
+                gains.append(found[0])
+                progress.advance("two-pass gains")
+            progress.finish("two-pass gains")
         strip = strip_pixels(int(opts.memory_budget))
-        offsets, _ = background_offsets(backend, tile_store, tiles, out_grid, two_pass=True,
-                                        strip_pixels=strip, workers=runner.workers,
-                                        run_on=runner.guard.call)
+        with runner.timed("pass-2 background offsets"):
+            offsets, _ = background_offsets(backend, tile_store, tiles, out_grid, two_pass=True,
+                                            strip_pixels=strip, workers=runner.workers,
+                                            run_on=runner.guard.call)
         for tile, row in zip(tiles, offsets):
             tile.bg_offsets_pass2 = [float(v) for v in row]
 
@@ -1006,8 +1022,9 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         lum = channel_mean(be.xp, handover.region(be, m1, *own))[valid]
         return be.to_host(lum[be.xp.isfinite(lum)])
 
-    p5 = run_percentiles(blocks, runner.guarded_values("two-pass P5", luminance_values), [5.0], opts,
-                         runner.workers)[0]
+    with runner.timed("two-pass P5"):
+        p5 = run_percentiles(blocks, runner.guarded_values("two-pass P5", luminance_values), [5.0], opts,
+                             runner.workers)[0]
     info: dict[str, Any] = {"enabled": True, "ran": True, "gains": gains, "p5": p5,
                             "background_offsets_pass2": [list(t.bg_offsets_pass2) for t in tiles]}
     if not math.isfinite(p5):
