@@ -89,3 +89,71 @@ def test_samples_of_another_array_module_are_resampled_not_reused(setup):
     foreign.xp = object()                        # "another array module"
     again = coadd_block(backend, store, tiles, grid, block, samples=foreign)
     assert np.array_equal(kept.mosaic, again.mosaic, equal_nan=True)
+
+
+def test_pass2_offsets_by_blocks_match_pair_by_pair_and_keep_the_pass2_samples(setup):
+    """The pass-2 background offsets (tiles at their two-pass gains, binary weights) by a walk
+    over pass 2's blocks: the pair-by-pair values (up to the float32 rounding of the mapping
+    over another rectangle), and pass 2 on the kept samples equals pass 2 resampling."""
+    backend, store, tiles, grid, blocks = setup
+    for tile, gain in zip(tiles, (0.93, 1.04, 0.97, 1.08, 0.9, 1.02)):
+        tile.two_pass_gain = gain
+    try:
+        by_pairs, m_pairs = background_offsets(backend, store, tiles, grid, two_pass=True)
+        cache = MemoryShelf(1 << 30)
+        by_blocks, m_blocks = background_offsets(backend, store, tiles, grid, two_pass=True, blocks=blocks,
+                                                 cache=cache, diff_bytes=1 << 30, workers=2)
+        assert np.array_equal(np.isnan(m_pairs), np.isnan(m_blocks))
+        assert np.nanmax(np.abs(m_pairs - m_blocks)) < 1e-4
+        assert np.max(np.abs(by_pairs - by_blocks)) < 1e-4
+        # the gains reach the differences: the first pass's offsets are other values
+        first, _ = background_offsets(backend, store, tiles, grid)
+        assert np.max(np.abs(first - by_blocks)) > 1e-2
+        assert len(cache.items) == len(blocks)
+        for tile, row in zip(tiles, by_blocks):
+            tile.bg_offsets_pass2 = [float(v) for v in row]
+        for block in blocks:
+            kwargs = dict(offsets_attr="bg_offsets_pass2", with_union=False, two_pass=True)
+            fresh = coadd_block(backend, store, tiles, grid, block, **kwargs)
+            kept = coadd_block(backend, store, tiles, grid, block, samples=cache.pop(block), **kwargs)
+            assert np.array_equal(fresh.mosaic, kept.mosaic, equal_nan=True)
+            assert np.array_equal(fresh.coverage, kept.coverage)
+            assert kept.union is None
+        assert cache.used == 0
+    finally:
+        for tile in tiles:
+            tile.two_pass_gain = 1.0
+
+
+def test_a_run_samples_each_pass2_block_once(tmp_path, monkeypatch):
+    """The pass-2 walk's samples feed pass 2: each block is resampled for pass 2 once, not
+    twice (walk, then pass 2), and the mosaic is the one of a run that resamples."""
+    from zemosaic_ooc.demo import make_demo_tiles
+    from zemosaic_ooc.options import Phase5Options
+    from zemosaic_ooc.phase5 import background, coadd
+    from zemosaic_ooc.phase5.pipeline import run_pipeline
+    from zemosaic_ooc.store.export import read_window
+
+    tiles = make_demo_tiles(tmp_path / "tiles", nx=2, ny=2, tile_hw=(160, 176), overlap=0.25, seed=6)
+    opts = Phase5Options(gpu="off", block_size=96, patchwork_suppressor_enabled=False)
+    original = coadd.sample_block
+    calls = {"pass2": 0}
+
+    def counting(*args, **kwargs):
+        if kwargs.get("two_pass"):
+            calls["pass2"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(coadd, "sample_block", counting)
+    monkeypatch.setattr(background, "sample_block", counting)
+    summary = run_pipeline(tiles, tmp_path / "kept.zarr", opts, workers=2)
+    assert summary.two_pass.get("ran")
+    blocks = len(list(iter_blocks(summary.shape_hw, 96)))
+    assert calls["pass2"] == blocks
+    # the same run without the kept samples (no room for them) resamples in pass 2
+    calls["pass2"] = 0
+    monkeypatch.setattr(MemoryShelf, "put", lambda self, *a, **k: False)
+    run_pipeline(tiles, tmp_path / "resampled.zarr", opts, workers=2)
+    assert calls["pass2"] == 2 * blocks
+    kept, resampled = read_window(tmp_path / "kept.zarr")[0], read_window(tmp_path / "resampled.zarr")[0]
+    assert np.array_equal(kept, resampled, equal_nan=True)

@@ -5,9 +5,10 @@ overlap pixels (both weights > 0) of d_s − d_t, per channel, at full output
 resolution.  The difference values are gathered and each median is taken
 exactly with numpy, in one of two ways that give the same values:
 
-* by blocks (pass 1, when all the differences fit in the memory given): one walk
-  over the pass-1 blocks resamples every tile once per block; the block samples
-  are kept for pass 1, which then does not resample them;
+* by blocks (when all the differences fit in the memory given): one walk over the
+  mosaic's blocks resamples every tile once per block; the block samples are kept
+  for the coadd that follows (pass 1 after the first walk, pass 2 after the
+  pass-2 walk), which then does not resample them;
 * pair by pair: each overlap is walked in row strips, so memory stays bounded
   by a tile's worth of differences.
 
@@ -123,23 +124,26 @@ def block_pair_offsets(backend: Backend, store: TileStore, tiles: Sequence[TileP
                        step: int = DEFAULT_CONTROL_STEP, workers: int = 1,
                        cache: MemoryShelf | None = None,
                        progress: Callable[[int, int], None] | None = None,
-                       run_on: RunOn | None = None) -> list[list[float]]:
-    """O_st of every pair from a walk over the output blocks (the pass-1 blocks).
+                       run_on: RunOn | None = None, two_pass: bool = False) -> list[list[float]]:
+    """O_st of every pair from a walk over the output blocks (those of the coadd that follows).
 
-    Each block is resampled once with :func:`~.coadd.sample_block` (all its tiles, their
-    union); the difference values of every pair overlapping there are gathered (every
-    pixel of an overlap lies in exactly one block) and each median is taken exactly at
-    the end.  The block samples go into ``cache`` (keyed by block, while it has room) for
-    pass 1.  ``run_on`` chooses the backend of each block (default: ``backend``).
+    Each block is resampled once with :func:`~.coadd.sample_block` (all its tiles, and for
+    pass 1 their union; ``two_pass``: the pass-2 samples, each tile at its two-pass gain with
+    binary weights); the difference values of every pair overlapping there are gathered
+    (every pixel of an overlap lies in exactly one block) and each median is taken exactly
+    at the end.  The block samples go into ``cache`` (keyed by block, while it has room) for
+    that coadd.  ``run_on`` chooses the backend of each block (default: ``backend``).
     Memory: the gathered differences, 12 bytes per overlap pixel, plus a block per worker.
     """
+    stage = "pass-2 background" if two_pass else "background"
     pieces: dict[tuple[int, int], list[list[np.ndarray]]] = {
         (s.index, t.index): [[], [], []] for s, t in pairs}
     lock = threading.Lock()
 
     def one(block: Box, be: Backend) -> None:
         xp = be.xp
-        samples = sample_block(be, store, tiles, grid, block, step=step)
+        samples = sample_block(be, store, tiles, grid, block, with_union=not two_pass, two_pass=two_pass,
+                               step=step)
         found = {item.tile.index: item for item in samples.tiles}
         local = []
         for s, t in pairs:
@@ -165,7 +169,7 @@ def block_pair_offsets(backend: Backend, store: TileStore, tiles: Sequence[TileP
             cache.put(block, samples, samples.nbytes, on_device=samples.xp is not np)
 
     def walk(block: Box) -> None:
-        return run_on("background", block, one) if run_on is not None else one(block, backend)
+        return run_on(stage, block, one) if run_on is not None else one(block, backend)
 
     with cf.ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
         done_blocks = pool.map(walk, blocks) if workers > 1 else map(walk, blocks)
@@ -185,9 +189,10 @@ def background_offsets(backend: Backend, store: TileStore, tiles: Sequence[TileP
     """Per-tile, per-channel offsets k (N × 3) and the pairwise matrices (3 × K × K).
 
     Only tiles with a §4.2 box take part (others get 0 and contribute nothing).  With
-    ``blocks`` (pass 1 only), when the overlaps' difference values fit in ``diff_bytes``,
-    the pairs are measured by one walk over the blocks (:func:`block_pair_offsets`,
-    which also fills ``cache`` for pass 1); otherwise pair by pair in strips
+    ``blocks`` (the blocks of the coadd that follows), when the overlaps' difference values
+    fit in ``diff_bytes``, the pairs are measured by one walk over the blocks
+    (:func:`block_pair_offsets`, which also fills ``cache`` for that coadd, pass 1 or with
+    ``two_pass`` pass 2); otherwise pair by pair in strips
     (:func:`pair_offset`), each pair holding one strip of both tiles.  Either way on
     ``workers`` threads (numpy releases the GIL in the gathers and arithmetic).  ``run_on``
     picks the backend of each block or pair (the OOM guard: the device, replayed on the CPU).
@@ -198,7 +203,7 @@ def background_offsets(backend: Backend, store: TileStore, tiles: Sequence[TileP
     pairs = [(a, b) for a in range(n) for b in range(a + 1, n)
              if boxes_overlap(kept[a].box, kept[b].box)]
     overlap_pixels = sum(_area(intersect(kept[a].box, kept[b].box)) for a, b in pairs)
-    by_blocks = blocks is not None and not two_pass and 12 * overlap_pixels <= diff_bytes
+    by_blocks = blocks is not None and 12 * overlap_pixels <= diff_bytes
 
     def measure(pair: tuple[int, int], be: Backend) -> list[float]:
         a, b = pair
@@ -206,12 +211,13 @@ def background_offsets(backend: Backend, store: TileStore, tiles: Sequence[TileP
                            strip_pixels=strip_pixels)
 
     def one(pair: tuple[int, int]) -> list[float]:
-        return run_on("background", pair, measure) if run_on is not None else measure(pair, backend)
+        stage = "pass-2 background" if two_pass else "background"
+        return run_on(stage, pair, measure) if run_on is not None else measure(pair, backend)
 
     if n >= 2 and by_blocks:
         results = block_pair_offsets(backend, store, tiles, grid, [(kept[a], kept[b]) for a, b in pairs],
                                      blocks, step=step, workers=workers, cache=cache, progress=progress,
-                                     run_on=run_on)
+                                     run_on=run_on, two_pass=two_pass)
         for (a, b), offsets in zip(pairs, results):
             for c in range(3):
                 matrices[c, a, b] = offsets[c]

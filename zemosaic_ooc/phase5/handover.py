@@ -66,6 +66,16 @@ class StageHandover:
             with self._lock:
                 self.capacity += max(0, int(nbytes))
 
+    def lend(self, nbytes: int) -> int:
+        """Take up to ``nbytes`` of the free capacity away for another use (given back with
+        :meth:`grow`); returns the bytes taken (0 without a device)."""
+        if self.device is None:
+            return 0
+        with self._lock:
+            taken = max(0, min(int(nbytes), self.capacity - self.used))
+            self.capacity -= taken
+        return taken
+
     def _key(self, name: str, box: Box) -> tuple[str, int, int] | None:
         """The block key of ``box``, or None when ``box`` is not exactly one block of the grid."""
         y0, y1, x0, x1 = box

@@ -835,7 +835,9 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         two_pass_info = run_two_pass(backend, store, tile_store, tiles, out_grid, opts, blocks, runner,
                                      output_name="stages/twopass_mosaic" if patchwork_runs else "mosaic",
                                      state=state, save_state=save_state, handover=handover,
-                                     hand_over_result=patchwork_runs)
+                                     hand_over_result=patchwork_runs, keep_samples=runner.client is None,
+                                     samples_device_bytes=0 if device is None
+                                     else samples_capacity(device.budget_bytes))
         stages.append(("two-pass", time.perf_counter() - t0))
         valid_counts = [two_pass_info.pop("valid_pixels")]
     patchwork_info: dict[str, Any] = {"enabled": bool(opts.patchwork_suppressor_enabled), "ran": False}
@@ -896,12 +898,17 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
                  out_grid: OutputGrid, opts: Phase5Options, blocks: list[Box],
                  runner: BlockRunner, output_name: str = "mosaic", state: dict | None = None,
                  save_state: Callable[..., None] | None = None, handover: StageHandover | None = None,
-                 hand_over_result: bool = False) -> dict[str, Any]:
-    """§6: coverage blur (halo), tile gains (exact medians), pass 2, P5, merge.
+                 hand_over_result: bool = False, keep_samples: bool = False,
+                 samples_device_bytes: int = 0) -> dict[str, Any]:
+    """§6: coverage blur (halo), tile gains (exact medians), pass-2 background offsets, pass 2,
+    P5, merge.
 
     ``handover`` serves the stage arrays' regions to device tasks (and keeps what this
     computes on the device for the later block stages); ``hand_over_result``: keep the merged
-    mosaic and coverage there too (a later stage reads them)."""
+    mosaic and coverage there too (a later stage reads them).  ``keep_samples``: the pass-2
+    offsets' walk over the blocks keeps each block's pass-2 samples for pass 2 (in process
+    only), within a share of the host budget and, on the device, up to
+    ``samples_device_bytes`` borrowed from the handover's free room until pass 2 is done."""
     from .renorm import blur_radius, blurred_coverage_block, merge_block, tile_gain
 
     height, width = out_grid.shape_hw
@@ -947,6 +954,8 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         return tuple(handover.region(be, array, rows, cols) for array in (c1, cov_blur, scale_map))
 
     state = state if state is not None else {}
+    samples: MemoryShelf | None = None          # the pass-2 walk's block samples, for pass 2
+    lent = 0                                    # device bytes they borrow from the handover
     if "two_pass_tiles" in state:
         for tile, saved in zip(tiles, state["two_pass_tiles"]):
             tile.two_pass_gain = float(saved["gain"])
@@ -972,10 +981,16 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
                 gains.append(found[0])
                 progress.advance("two-pass gains")
             progress.finish("two-pass gains")
+        handover.drop((cov_blur, scale_map))          # read by the tile gains alone
+        lent = handover.lend(samples_device_bytes) if keep_samples else 0
+        samples = MemoryShelf(int(opts.memory_budget) // MEMORY_SHARE, device_capacity=lent) if keep_samples else None
         strip = strip_pixels(int(opts.memory_budget))
         with runner.timed("pass-2 background offsets"):
+            # by a walk over pass 2's blocks (when the differences fit), which keeps the samples
             offsets, _ = background_offsets(backend, tile_store, tiles, out_grid, two_pass=True,
                                             strip_pixels=strip, workers=runner.workers,
+                                            blocks=blocks, cache=samples,
+                                            diff_bytes=int(opts.memory_budget) // MEMORY_SHARE,
                                             run_on=runner.guard.call)
         for tile, row in zip(tiles, offsets):
             tile.bg_offsets_pass2 = [float(v) for v in row]
@@ -992,8 +1007,10 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
     def pass2_task(box: Box, be: Backend) -> tuple[np.ndarray, np.ndarray, Any]:
         """Pass 2 on ``be``: (mosaic NaN where not covered, coverage 0 where not finite, the two
         on ``be`` when they are handed over, else None)."""
+        kept = samples.pop(box) if samples is not None else None
         result = coadd_block(be, tile_store, tiles, out_grid, box, offsets_attr="bg_offsets_pass2",
-                             with_union=False, two_pass=True, keep_on_backend=True, host_copies=False)
+                             with_union=False, two_pass=True, samples=kept, keep_on_backend=True,
+                             host_copies=False)
         xp = be.xp
         mos, cov = result.on_backend[:2]
         cov = xp.where(xp.isfinite(cov), cov, xp.float32(0.0))
@@ -1015,6 +1032,9 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         c2[y0:y1, x0:x1]
 
     runner.run("pass2", blocks, pass2_task, recover=pass2_recover, commit=pass2_commit)
+    if samples is not None:
+        samples.clear()          # blocks resumed as done leave theirs; nothing reads them now
+    handover.grow(lent)
 
     def luminance_values(box: Box, be: Backend) -> np.ndarray:
         own = (slice(box[0], box[1]), slice(box[2], box[3]))
