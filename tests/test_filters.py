@@ -1,6 +1,9 @@
 """The shared separable blurs (phase5/filters.py): SciPy's bits on numpy, float64 sums."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -8,6 +11,9 @@ from scipy import ndimage
 from zemosaic_ooc.backend import numpy_as_device_backend, numpy_backend
 from zemosaic_ooc.phase5.filters import (opencv_gaussian_weights, scipy_gaussian_weights,
                                          separable_blur)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from stage_diff import InputPrecisionNdimage  # noqa: E402  (CuPy's summation rule, on numpy)
 
 
 @pytest.mark.parametrize("sigma", [1.3, 8.0, 50.0])
@@ -45,22 +51,6 @@ def test_patchwork_blur_has_the_bits_of_a_float32_correlate():
         assert np.array_equal(blur(numpy_backend(), plane, sigma), expected)
 
 
-class _Float32SummingNdimage:
-    """An ndimage whose correlate1d sums in the input's precision, as cupyx.scipy.ndimage does."""
-
-    @staticmethod
-    def correlate1d(values, weights, axis, mode, output):
-        precision = np.result_type(values.dtype, np.float32)
-        moved = np.moveaxis(values.astype(precision), axis, -1)
-        radius = weights.size // 2
-        pad_mode = {"reflect": "symmetric", "mirror": "reflect"}[mode]
-        padded = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(radius, radius)], mode=pad_mode)
-        total = np.zeros(moved.shape, dtype=precision)
-        for j, w in enumerate(weights.astype(precision)):
-            total += padded[..., j:j + moved.shape[-1]] * w
-        return np.moveaxis(total, -1, axis).astype(output)
-
-
 def test_blur_lines_reach_correlate1d_as_float64_so_a_device_sums_them_in_float64():
     # a float32-summing ndimage (CuPy's rule) given what separable_blur passes gives the float64
     # sums, within the rounding of the float64 summation order: at most 1 float32 ulp
@@ -69,11 +59,10 @@ def test_blur_lines_reach_correlate1d_as_float64_so_a_device_sums_them_in_float6
     weights = scipy_gaussian_weights(20.0)
     backend = numpy_as_device_backend()
     expected = separable_blur(backend, plane, weights, "reflect")
-    backend.ndimage = _Float32SummingNdimage()
+    backend.ndimage = InputPrecisionNdimage()
     got = separable_blur(backend, plane, weights, "reflect")
     ulps = np.abs(got.view(np.int32).astype(np.int64) - expected.view(np.int32).astype(np.int64))
     assert ulps.max() <= 1
     # what float32 lines would have given: tens of ulps (the H100's 16x2048² parity failure)
-    single = _Float32SummingNdimage.correlate1d(plane, weights, 0, "reflect", np.float32)
-    single = _Float32SummingNdimage.correlate1d(single, weights, 1, "reflect", np.float32)
+    single = InputPrecisionNdimage.gaussian_filter(plane, 20.0, output=np.float32)
     assert np.abs(single.view(np.int32).astype(np.int64) - expected.view(np.int32).astype(np.int64)).max() > 2

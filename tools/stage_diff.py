@@ -1,13 +1,14 @@
 """Where two runs part: every stage array and every numeric attribute of two output stores.
 
     python tools/stage_diff.py A.zarr B.zarr [--json FILE]
-    python tools/stage_diff.py --run TILES_DIR WORK [--device gpu|emulate] [--workers N]
+    python tools/stage_diff.py --run TILES_DIR WORK [--device gpu|emulate|emulate-cupy-sums] [--workers N]
                                [--first-pass] [--json FILE]
 
 The first form compares two finished stores (e.g. a CPU and a GPU run of one set).  The
 second runs the full default pipeline twice on ``TILES_DIR`` — numpy backend, then the device
 backend (``gpu``: CuPy; ``emulate``: the device code path with numpy standing in, which must
-give zeros) — into ``WORK`` and compares them.
+give zeros; ``emulate-cupy-sums``: the same with filters that sum in the input's precision, as
+CuPy's do, :class:`InputPrecisionNdimage`) — into ``WORK`` and compares them.
 
 For each array (``mosaic``, ``coverage``, ``alpha`` and every ``stages/*``; the tile store is
 skipped): the count of pixels that differ, max |Δ| and RMS over the first store's P99 − P1
@@ -173,6 +174,40 @@ def print_report(report: dict[str, Any], attr_rows: int = 25) -> None:
         print(f"  {row['path']:50s} {row['a']!r} vs {row['b']!r} (rel {row['rel']:.2e})")
 
 
+class InputPrecisionNdimage:
+    """``scipy.ndimage`` summing as ``cupyx.scipy.ndimage`` does: ``correlate1d`` (and
+    ``gaussian_filter``, separable over it) accumulate tap by tap in the input's precision
+    (``result_type(input, float32)``: float32 lines in float32), where SciPy sums in float64.
+    With ``--device emulate-cupy-sums`` the device code path runs on numpy with this ndimage,
+    so the summation-precision part of a CPU/GPU difference shows without a GPU.  Slow (a
+    Python loop over the taps): minutes on 16 tiles of 1024²."""
+
+    @staticmethod
+    def correlate1d(values: np.ndarray, weights: Any, axis: int = -1, output: Any = None,
+                    mode: str = "reflect", cval: float = 0.0, origin: int = 0) -> np.ndarray:
+        if origin != 0 or mode not in ("reflect", "mirror"):
+            raise NotImplementedError("origin 0 and modes reflect / mirror only")
+        weights = np.asarray(weights)
+        precision = np.result_type(values.dtype, np.float32)
+        moved = np.moveaxis(np.asarray(values).astype(precision), axis, -1)
+        radius = weights.size // 2
+        padded = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(radius, radius)],
+                        mode={"reflect": "symmetric", "mirror": "reflect"}[mode])
+        total = np.zeros(moved.shape, dtype=precision)
+        for j, w in enumerate(weights.astype(precision)):
+            total += padded[..., j:j + moved.shape[-1]] * w
+        return np.moveaxis(total, -1, axis).astype(output if output is not None else precision)
+
+    @classmethod
+    def gaussian_filter(cls, values: np.ndarray, sigma: float, output: Any = None, mode: str = "reflect",
+                        cval: float = 0.0, truncate: float = 4.0) -> np.ndarray:
+        from zemosaic_ooc.phase5.filters import scipy_gaussian_weights
+
+        weights = scipy_gaussian_weights(sigma, truncate)
+        along_rows = cls.correlate1d(values, weights, 0, output, mode)
+        return cls.correlate1d(along_rows, weights, 1, output, mode)
+
+
 def run_pair(tiles_dir: Path, work: Path, device: str, workers: int | None, first_pass: bool) -> tuple[Path, Path]:
     """The default pipeline on numpy, then on the device backend, into ``work``/{cpu,device}.zarr."""
     import time
@@ -181,13 +216,20 @@ def run_pair(tiles_dir: Path, work: Path, device: str, workers: int | None, firs
     from zemosaic_ooc.options import Phase5Options
     from zemosaic_ooc.phase5.pipeline import run_pipeline
 
+    if device == "gpu":
+        device_backend = cupy_backend()
+    else:
+        device_backend = numpy_as_device_backend()
+        if device == "emulate-cupy-sums":
+            device_backend.ndimage = InputPrecisionNdimage()
+
     tiles = sorted(tiles_dir.glob("*.fits"))
     kwargs: dict[str, Any] = {"gpu": "off"}
     if first_pass:
         kwargs.update(two_pass_coverage_renorm=False, patchwork_suppressor_enabled=False)
     opts = Phase5Options(**kwargs)
     outputs = (work / "cpu.zarr", work / "device.zarr")
-    for out, backend in zip(outputs, (None, cupy_backend() if device == "gpu" else numpy_as_device_backend())):
+    for out, backend in zip(outputs, (None, device_backend)):
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
         summary = run_pipeline(tiles, out, opts, workers=workers, device=backend)
@@ -200,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="every stage array and numeric attribute of two stores, compared")
     parser.add_argument("paths", nargs=2, help="two stores, or with --run: a tile folder and a work folder")
     parser.add_argument("--run", action="store_true", help="run numpy and the device backend first")
-    parser.add_argument("--device", choices=("gpu", "emulate"), default="gpu")
+    parser.add_argument("--device", choices=("gpu", "emulate", "emulate-cupy-sums"), default="gpu",
+                        help="with --run: CuPy; numpy standing in (must give zeros); or numpy standing "
+                             "in with CuPy's summation precision in the filters (InputPrecisionNdimage)")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--first-pass", action="store_true", help="with --run: first pass only")
     parser.add_argument("--json", default=None)
