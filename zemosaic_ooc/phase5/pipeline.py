@@ -987,11 +987,15 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         strip = strip_pixels(int(opts.memory_budget))
         with runner.timed("pass-2 background offsets"):
             # by a walk over pass 2's blocks (when the differences fit), which keeps the samples
+            progress.start("pass-2 background", 1, unit="pair")
             offsets, _ = background_offsets(backend, tile_store, tiles, out_grid, two_pass=True,
                                             strip_pixels=strip, workers=runner.workers,
                                             blocks=blocks, cache=samples,
                                             diff_bytes=int(opts.memory_budget) // MEMORY_SHARE,
-                                            run_on=runner.guard.call)
+                                            run_on=runner.guard.call,
+                                            progress=lambda k, n: (progress.advance("pass-2 background", 0),
+                                                                   rss.sample()))
+            progress.finish("pass-2 background")
         for tile, row in zip(tiles, offsets):
             tile.bg_offsets_pass2 = [float(v) for v in row]
 
