@@ -222,3 +222,20 @@ def test_the_samples_share_goes_to_the_handover_after_pass_1(tmp_path):
     assert summary.device["handover_capacity"] == (device_budget.handover_capacity(budget)
                                                    + device_budget.samples_capacity(budget))
     assert summary.device["handover_peak_bytes"] > device_budget.handover_capacity(budget)
+
+
+def test_lending_takes_only_free_capacity_and_growing_gives_it_back(stage_array):
+    """The pass-2 samples borrow the handover's free room (lend) and return it after pass 2."""
+    array, values = stage_array
+    device = numpy_as_device_backend()
+    block_bytes = BLOCK * BLOCK * 3 * 4
+    handover = StageHandover(device, 3 * block_bytes, SHAPE, BLOCK)
+    assert handover.keep(array, (0, 128, 0, 128), values[0:128, 0:128])
+    assert handover.lend(10 * block_bytes) == 2 * block_bytes          # only what is free
+    assert handover.capacity == block_bytes
+    assert not handover.keep(array, (0, 128, 128, 256), values[0:128, 128:256])   # lent away
+    assert handover.lend(block_bytes) == 0
+    handover.grow(2 * block_bytes)
+    assert handover.capacity == 3 * block_bytes
+    assert handover.keep(array, (0, 128, 128, 256), values[0:128, 128:256])
+    assert StageHandover.store_only(SHAPE, BLOCK).lend(block_bytes) == 0
