@@ -3,7 +3,8 @@
 For every pair s < t of tiles whose §4.2 boxes intersect, the median over the
 overlap pixels (both weights > 0) of d_s − d_t, per channel, at full output
 resolution.  The difference values are gathered and each median is taken
-exactly with numpy, in one of two ways that give the same values:
+exactly with numpy, in one of two ways that give the same values up to the float32
+rounding of the mapping (laid over other rectangles: a few ulps at a few pixels):
 
 * by blocks (when all the differences fit in the memory given): one walk over the
   mosaic's blocks resamples every tile once per block; the block samples are kept
@@ -34,6 +35,11 @@ from .prep import TilePlan
 #: ``run_on(stage, key, task)`` runs ``task(key, backend)`` on some backend and returns its
 #: result (the pipeline passes its OOM guard's :meth:`~..fallback.guard.OomGuard.call`)
 RunOn = Callable[[str, Any, Callable[[Any, Backend], Any]], Any]
+
+
+def walk_stage(two_pass: bool) -> str:
+    """The OOM guard's stage label of a background-offset walk (its replays are counted by it)."""
+    return "pass-2 background" if two_pass else "background"
 
 
 def boxes_overlap(a: Box, b: Box) -> bool:
@@ -135,7 +141,7 @@ def block_pair_offsets(backend: Backend, store: TileStore, tiles: Sequence[TileP
     that coadd.  ``run_on`` chooses the backend of each block (default: ``backend``).
     Memory: the gathered differences, 12 bytes per overlap pixel, plus a block per worker.
     """
-    stage = "pass-2 background" if two_pass else "background"
+    stage = walk_stage(two_pass)
     pieces: dict[tuple[int, int], list[list[np.ndarray]]] = {
         (s.index, t.index): [[], [], []] for s, t in pairs}
     lock = threading.Lock()
@@ -211,8 +217,7 @@ def background_offsets(backend: Backend, store: TileStore, tiles: Sequence[TileP
                            strip_pixels=strip_pixels)
 
     def one(pair: tuple[int, int]) -> list[float]:
-        stage = "pass-2 background" if two_pass else "background"
-        return run_on(stage, pair, measure) if run_on is not None else measure(pair, backend)
+        return run_on(walk_stage(two_pass), pair, measure) if run_on is not None else measure(pair, backend)
 
     if n >= 2 and by_blocks:
         results = block_pair_offsets(backend, store, tiles, grid, [(kept[a], kept[b]) for a, b in pairs],
