@@ -5,7 +5,8 @@
 # Carry .whl and device_fixtures as for tools/device_gpu_run.sh (and .cupy_cache when unpacked).
 # GIL=1 (with py-spy's wheel in .whl): each run is recorded by py-spy --gil instead of the stack
 # sampler, and tools/gil_report.py prints how long the run held the GIL (BENCHMARKS.md §9): the
-# host's serial floor on that machine.
+# host's serial floor on that machine.  FULL=1: the full default pipeline instead of the first
+# pass (the issue's speed figure; two-pass and patchwork included, about twice the time).
 set -u
 source tools/device_env.sh
 python3 - <<'PY'
@@ -34,12 +35,13 @@ gil_run() {  # gil_run NAME ARGS...: the run under py-spy --gil when asked and p
 }
 timeout 150 $D /tmp/warm /tmp/warm_gpu.zarr --gpu on --dump-every 100 > "$OUT/warm.log" 2>&1
 echo "warm-up rc $?"; tail -2 "$OUT/warm.log"
-export -f gil_run; export D SPY OUT
-timeout 150 bash -c 'gil_run gpu_fp /tmp/syn44 /tmp/gpu.zarr --gpu on --first-pass --dump-every 120'
+PASS=--first-pass; [ "${FULL:-0}" = 1 ] && PASS=""
+export -f gil_run; export D SPY OUT PASS
+timeout 150 bash -c 'gil_run gpu_fp /tmp/syn44 /tmp/gpu.zarr --gpu on $PASS --dump-every 120'
 echo "gpu rc $?"
-timeout 150 bash -c 'gil_run cpu_fp /tmp/syn44 /tmp/cpu.zarr --gpu off --first-pass --dump-every 120 --compare /tmp/gpu.zarr'
+timeout 150 bash -c 'gil_run cpu_fp /tmp/syn44 /tmp/cpu.zarr --gpu off $PASS --dump-every 120 --compare /tmp/gpu.zarr'
 echo "cpu rc $?"
 for f in gpu_fp cpu_fp; do
-  echo "=== $f"; grep -E "^(RESULT|stages|PARITY|STACKS|zarr|    )|start \(|finished" "$OUT/$f.log" | cut -c1-150
+  echo "=== $f"; grep -E "^(RESULT|stages|block stages|PARITY|STACKS|zarr|    )|start \(|finished" "$OUT/$f.log" | cut -c1-150
   [ -f "$OUT/gil_$f.report" ] && cat "$OUT/gil_$f.report"
 done
