@@ -97,6 +97,18 @@ def test_the_shelf_counts_device_values_against_the_device_capacity():
     assert shelf.device_used == 0 and shelf.put("dev2", object(), 200, on_device=True)
 
 
+def test_freeing_device_memory_drops_the_device_values_of_the_samples_shelves():
+    """After an OOM the block samples kept in VRAM go (their blocks are resampled); host ones stay."""
+    shelf = MemoryShelf(100, device_capacity=1000)
+    assert shelf.put("host", object(), 80)
+    assert shelf.put("dev", object(), 900, on_device=True)
+    device = dataclasses.replace(numpy_as_device_backend(), shelves=[shelf])
+    device.free_memory()
+    assert shelf.get("dev") is None and shelf.device_used == 0
+    assert shelf.get("host") is not None and shelf.used == 80
+    assert shelf.put("dev2", object(), 1000, on_device=True)          # the room is back
+
+
 def test_the_device_path_uses_resident_tiles_and_gives_the_cpu_mosaic_bit_for_bit(tmp_path):
     from golden import read_store_window
     from zemosaic_ooc.demo import make_demo_tiles

@@ -75,6 +75,9 @@ class Backend:
     #: stage arrays' blocks kept in this backend's memory for the next block stages
     #: (:class:`~zemosaic_ooc.phase5.handover.StageHandover`; the pipeline gives one to a device)
     handover: Any = None
+    #: shelves that may hold values in this backend's memory (:class:`~zemosaic_ooc.memory.MemoryShelf`:
+    #: the background walks' block samples); :meth:`free_memory` lets go of their device values
+    shelves: list[Any] = field(default_factory=list)
 
     @property
     def on_host(self) -> bool:
@@ -118,11 +121,14 @@ class Backend:
 
     def free_memory(self) -> None:
         """Release cached device memory: the resident tiles, the handed-over stage blocks (the
-        store holds them too) and CuPy's pools (numpy: the first two only)."""
+        store holds them too), the block samples kept on the device (they are resampled) and
+        CuPy's pools (numpy: all but the last)."""
         if self.resident is not None:
             self.resident.clear()
         if self.handover is not None:
             self.handover.clear()
+        for shelf in list(self.shelves):
+            shelf.drop_device()
         if self.xp is np:
             return
         try:

@@ -109,6 +109,14 @@ class MemoryShelf:
             self.items.clear()
             self.used = self.device_used = 0
 
+    def drop_device(self) -> None:
+        """Let go of the values kept on a device (after an out-of-memory error: the VRAM is
+        needed more than they are); host values stay."""
+        with self._lock:
+            for key in [k for k, item in self.items.items() if item[2]]:
+                del self.items[key]
+            self.device_used = 0
+
     def pop(self, key: Hashable) -> Any | None:
         with self._lock:
             item = self.items.pop(key, None)

@@ -269,13 +269,17 @@ def _kill_point(stage: str, count: int) -> None:
 
 
 def _release_device_caches(device: Backend) -> None:
-    """Let go of the resident tiles and the handed-over blocks (the VRAM is the caller's again)."""
+    """Let go of the resident tiles, the handed-over blocks and the kept block samples (the
+    VRAM is the caller's again)."""
     if device.resident is not None:
         device.resident.clear()
     device.resident = None
     if device.handover is not None:
         device.handover.clear()
     device.handover = None
+    for shelf in device.shelves:
+        shelf.clear()
+    device.shelves = []
 
 
 def _cluster_call(task: Callable[..., Any], box: Box, backend: Backend, guarded: bool) -> tuple[Any, float]:
@@ -666,6 +670,8 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     samples_cache = MemoryShelf(int(opts.memory_budget) // MEMORY_SHARE,
                                 device_capacity=0 if device is None else samples_capacity(device.budget_bytes)
                                 ) if runner.client is None else None
+    if device is not None and samples_cache is not None:
+        device.shelves.append(samples_cache)          # an OOM lets go of its device values
     if not stage_done("background"):
         # each scan holds a band of one tile: the tiles are scanned side by side
         with runner.timed("union bboxes"):
@@ -733,6 +739,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     if samples_cache is not None:
         samples_cache.clear()          # blocks resumed as done leave theirs; nothing reads them now
         if device is not None:         # the samples' share of the VRAM budget goes to the handover
+            device.shelves.remove(samples_cache)
             handover.grow(samples_cache.device_capacity)
 
     # ---- autocrop (§5.4) and finish (§5.5)
@@ -984,6 +991,8 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         handover.drop((cov_blur, scale_map))          # read by the tile gains alone
         lent = handover.lend(samples_device_bytes) if keep_samples else 0
         samples = MemoryShelf(int(opts.memory_budget) // MEMORY_SHARE, device_capacity=lent) if keep_samples else None
+        if samples is not None and handover.device is not None:
+            handover.device.shelves.append(samples)          # an OOM lets go of its device values
         strip = strip_pixels(int(opts.memory_budget))
         with runner.timed("pass-2 background offsets"):
             # by a walk over pass 2's blocks (when the differences fit), which keeps the samples
@@ -1038,6 +1047,8 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
     runner.run("pass2", blocks, pass2_task, recover=pass2_recover, commit=pass2_commit)
     if samples is not None:
         samples.clear()          # blocks resumed as done leave theirs; nothing reads them now
+        if handover.device is not None and samples in handover.device.shelves:
+            handover.device.shelves.remove(samples)
     handover.grow(lent)
 
     def luminance_values(box: Box, be: Backend) -> np.ndarray:
