@@ -210,3 +210,46 @@ def test_a_block_commit_runs_after_the_task_outside_the_device_slot():
     results = runner.run("pass1", boxes, task, commit=commit)
     assert slot_free_in_commit == [True] * 4
     assert results == [(0, "cpu-as-device"), (1, "cpu-as-device"), (2, "cpu"), (3, "cpu-as-device")]
+
+
+def test_a_stage_warmed_by_an_earlier_run_in_the_process_is_not_gated(monkeypatch):
+    """Its kernels are loaded: a later guard (the next run in a worker, a timed run after a
+    warm-up) lets that stage's first tasks overlap at once; other stages stay gated."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from zemosaic_ooc.backend import numpy_backend
+    from zemosaic_ooc.fallback import guard as guard_module
+    from zemosaic_ooc.fallback.guard import OomGuard
+
+    # numpy compiles nothing (no key); stand in for a device that does
+    monkeypatch.setattr(guard_module, "_kernel_cache_key", lambda device, stage: ("test device", stage))
+    monkeypatch.setattr(guard_module, "_WARM_IN_PROCESS", set())
+    first = OomGuard(numpy_as_device_backend(), numpy_backend())
+    first.run("pass1", 0, lambda box, backend: box)
+
+    later = OomGuard(numpy_as_device_backend(), numpy_backend())
+    both = threading.Barrier(2, timeout=5)
+
+    def task(box, backend):
+        both.wait()                               # raises BrokenBarrierError if tasks ran alone
+        return box
+
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(lambda k: later.run("pass1", k, task)[0], range(2))) == [0, 1]
+
+    lock, running, log = threading.Lock(), [0], []
+
+    def slow(box, backend):
+        with lock:
+            running[0] += 1
+            log.append(running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return box
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda k: later.run("pass2", k, slow)[0], range(8)))
+    assert log[0] == 1 and log[1] == 1            # pass2 not warmed: its first task ran alone

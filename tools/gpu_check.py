@@ -229,7 +229,9 @@ def check_set(name: str, tiles: list[Path], work: Path, ns: argparse.Namespace,
 def warm_up(work: Path, ns: argparse.Namespace) -> None:
     """Untimed CPU and GPU full runs on a tiny set: the first run in a process imports
     reproject, astropy's WCS machinery and zarr's codecs (about a second), and a GPU run
-    compiles or loads CuPy's kernels; the timed runs should pay neither."""
+    compiles or loads CuPy's kernels; the timed runs should pay neither (nor the OOM guard's
+    first-task gate of the stages warmed here: their kernels are loaded, as in a worker's
+    second run)."""
     from zemosaic_ooc.demo import make_demo_tiles
 
     t0 = time.perf_counter()

@@ -26,6 +26,19 @@ log = logging.getLogger(__name__)
 
 FaultInjector = Callable[[str, Any, Backend], None]
 
+#: the (device, stage) pairs whose first device task has succeeded in this process: that
+#: stage's kernels are compiled and loaded, so a later run in the process (a worker running
+#: Phase 5 again, a timed run after a warm-up) needs no first-task gate for it
+_WARM_IN_PROCESS: set[tuple[str, str]] = set()
+
+
+def _kernel_cache_key(device: Backend, stage: str) -> tuple[str, str] | None:
+    """The process-wide key of ``stage``'s kernels on ``device``; None where no kernel is
+    compiled (numpy standing in for the device)."""
+    if device.on_host:
+        return None
+    return (str(device.extra.get("device_name", device.name)), stage)
+
 
 @dataclass
 class BlockOutcome:
@@ -73,6 +86,9 @@ class OomGuard:
                 with device.task_stream():
                     result = task(box, device)
                 self._warm.add(stage)
+                key = _kernel_cache_key(device, stage)
+                if key is not None:
+                    _WARM_IN_PROCESS.add(key)
             return result, BlockOutcome(device.name, False)
         except Exception as exc:  # noqa: BLE001 - classified below
             if is_out_of_memory(exc):
@@ -123,11 +139,14 @@ class OomGuard:
         and worker threads compiling the same kernels at once slow each other down many
         times over (measured on an H200: 30 s instead of about 2 s for a cold 3×3 run).
 
+        A stage whose first device task already succeeded in this process (an earlier run's,
+        :data:`_WARM_IN_PROCESS`) is not gated: its kernels are loaded.
         ``ZEMOSAIC_OOC_GPU_FIRST_TASK_ALONE=0`` lets the first tasks overlap too (CuPy's
         compiles stay serialized by :func:`~zemosaic_ooc.backend._serialize_kernel_compiles`):
         on a warm kernel cache the gate costs each stage one task's time, to be measured
         against that on a device."""
-        if stage in self._warm or os.environ.get("ZEMOSAIC_OOC_GPU_FIRST_TASK_ALONE", "1") == "0":
+        if (stage in self._warm or _kernel_cache_key(self.device, stage) in _WARM_IN_PROCESS
+                or os.environ.get("ZEMOSAIC_OOC_GPU_FIRST_TASK_ALONE", "1") == "0"):
             yield
             return
         with self._lock:
