@@ -66,3 +66,18 @@ def test_blur_lines_reach_correlate1d_as_float64_so_a_device_sums_them_in_float6
     # what float32 lines would have given: tens of ulps (the H100's 16x2048² parity failure)
     single = InputPrecisionNdimage.gaussian_filter(plane, 20.0, output=np.float32)
     assert np.abs(single.view(np.int32).astype(np.int64) - expected.view(np.int32).astype(np.int64)).max() > 2
+
+
+def test_a_blur_of_some_rows_equals_those_rows_of_the_whole_blur():
+    from zemosaic_ooc.phase5.patchwork import blur
+    from zemosaic_ooc.phase5.renorm import blurred_coverage_block
+
+    rng = np.random.default_rng(8)
+    coverage = np.clip(rng.normal(2.0, 1.0, (260, 230)), 0, None).astype(np.float32)
+    rows = slice(60, 190)
+    whole_cb, whole_s = blurred_coverage_block(numpy_backend(), coverage, 30.0)
+    cb, s = blurred_coverage_block(numpy_backend(), coverage, 30.0, rows=rows)
+    assert np.array_equal(cb, whole_cb[rows]) and np.array_equal(s, whole_s[rows])
+    plane = rng.normal(0.5, 0.1, (150, 120)).astype(np.float32)
+    assert np.array_equal(blur(numpy_backend(), plane, 9.0, rows=slice(20, 95)),
+                          blur(numpy_backend(), plane, 9.0)[20:95])

@@ -43,10 +43,16 @@ def opencv_gaussian_weights(sigma: float) -> np.ndarray:
     return weights / weights.sum()
 
 
-def separable_blur(backend: Backend, plane: Any, weights: np.ndarray, mode: str) -> Any:
+def separable_blur(backend: Backend, plane: Any, weights: np.ndarray, mode: str,
+                   rows: slice | None = None) -> Any:
     """``weights`` (float64, odd length) along axis 0, then axis 1, of a 2-D ``plane`` on
-    ``backend``; each axis summed in float64 and rounded to float32.  Returns float32 (h, w)."""
+    ``backend``; each axis summed in float64 and rounded to float32.  Returns float32 (h, w),
+    or only the rows ``rows`` of it: the second axis then runs on those rows alone (a row's
+    second pass reads that row only, so they are the same bits; a haloed region needs its
+    halo rows for the first axis only)."""
     nd, xp = backend.ndimage, backend.xp
     kernel = backend.asarray(np.asarray(weights, dtype=np.float64))
     along_rows = nd.correlate1d(plane.astype(xp.float64), kernel, axis=0, mode=mode, output=xp.float32)
+    if rows is not None:
+        along_rows = along_rows[rows]
     return nd.correlate1d(along_rows.astype(xp.float64), kernel, axis=1, mode=mode, output=xp.float32)

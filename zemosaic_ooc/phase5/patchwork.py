@@ -63,9 +63,10 @@ def resolve_params(opts: Any) -> PatchworkParams:
     return PatchworkParams(k, sigma_small, sigma_large, sigma_seam, delta)
 
 
-def blur(backend: Backend, plane: Any, sigma: float) -> Any:
-    """§7.3 B_σ on a float32 plane (REFLECT_101 border = ndimage's "mirror"), float32 out."""
-    return separable_blur(backend, plane, opencv_gaussian_weights(sigma), "mirror")
+def blur(backend: Backend, plane: Any, sigma: float, rows: slice | None = None) -> Any:
+    """§7.3 B_σ on a float32 plane (REFLECT_101 border = ndimage's "mirror"), float32 out
+    (its rows ``rows`` only, when given)."""
+    return separable_blur(backend, plane, opencv_gaussian_weights(sigma), "mirror", rows)
 
 
 def luminance(backend: Backend, mosaic: Any) -> Any:

@@ -936,14 +936,15 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         gy0, gy1 = max(0, y0 - radius), min(height, y1 + radius)
         gx0, gx1 = max(0, x0 - radius), min(width, x1 + radius)
         region = handover.region(be, c1, slice(gy0, gy1), slice(gx0, gx1))
-        cb, scale = blurred_coverage_block(be, region, sigma)
-        sy, sx = slice(y0 - gy0, y1 - gy0), slice(x0 - gx0, x1 - gx0)
-        cov_blur[y0:y1, x0:x1] = be.to_host(cb[sy, sx])
-        scale_map[y0:y1, x0:x1] = be.to_host(scale[sy, sx])
+        # the group's rows only (their halo rows serve the blur's first axis)
+        cb, scale = blurred_coverage_block(be, region, sigma, rows=slice(y0 - gy0, y1 - gy0))
+        sx = slice(x0 - gx0, x1 - gx0)
+        cov_blur[y0:y1, x0:x1] = be.to_host(cb[:, sx])
+        scale_map[y0:y1, x0:x1] = be.to_host(scale[:, sx])
         if handover.takes(be):              # the group's blocks, for the tile gains
             for by0, by1, bx0, bx1 in iter_blocks((y1 - y0, x1 - x0), block):
                 part = (by0 + y0, by1 + y0, bx0 + x0, bx1 + x0)
-                own = (slice(part[0] - gy0, part[1] - gy0), slice(part[2] - gx0, part[3] - gx0))
+                own = (slice(part[0] - y0, part[1] - y0), slice(part[2] - gx0, part[3] - gx0))
                 handover.keep(cov_blur, part, cb[own])
                 handover.keep(scale_map, part, scale[own])
 
@@ -1241,9 +1242,11 @@ def _patchwork(backend: Backend, store: MosaicStore, opts: Phase5Options, blocks
         m, c, a, inner = read(box, params.halo, be)
         valid = pw.valid_mask(be, m, c, a)
         y_f = pw.filled_luminance(be, m, valid, median_y)
-        delta = pw.blur(be, y_f, params.sigma_small) - pw.blur(be, y_f, params.sigma_large)
+        # the box's rows only (the halo rows serve the blurs' first axis)
+        delta = (pw.blur(be, y_f, params.sigma_small, rows=inner[0])
+                 - pw.blur(be, y_f, params.sigma_large, rows=inner[0]))
         y0, y1, x0, x1 = box
-        delta_store[wy0 + y0:wy0 + y1, wx0 + x0:wx0 + x1] = be.to_host(delta[inner])
+        delta_store[wy0 + y0:wy0 + y1, wx0 + x0:wx0 + x1] = be.to_host(delta[:, inner[1]])
 
     runner.run("patchwork blur", wgroups, delta_task,
                recover=lambda b: delta_store[wy0 + b[0]:wy0 + b[1], wx0 + b[2]:wx0 + b[3]])

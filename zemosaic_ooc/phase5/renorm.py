@@ -32,10 +32,12 @@ def blur_radius(sigma: float, truncate: float = 4.0) -> int:
     return int(truncate * float(sigma) + 0.5)
 
 
-def blurred_coverage_block(backend: Backend, coverage_region: Any, sigma: float) -> tuple[Any, Any]:
+def blurred_coverage_block(backend: Backend, coverage_region: Any, sigma: float,
+                           rows: slice | None = None) -> tuple[Any, Any]:
     """§6.2–6.3 on a coverage region (h, w) float32 that includes the halo.
 
-    Returns (Cb, S) on the same region; only pixels at least one radius from an
+    Returns (Cb, S) on the same region, or on its rows ``rows`` only (the halo rows are
+    needed by the first axis of the blur alone); only pixels at least one radius from an
     interior region edge are exact (the caller crops the halo away).
     """
     xp = backend.xp
@@ -43,8 +45,10 @@ def blurred_coverage_block(backend: Backend, coverage_region: Any, sigma: float)
     valid = cov > 0
     numerator = cov * valid.astype(xp.float32)
     weights = scipy_gaussian_weights(sigma, truncate=4.0)
-    nb = separable_blur(backend, numerator, weights, "reflect")
-    db = separable_blur(backend, valid.astype(xp.float32), weights, "reflect")
+    nb = separable_blur(backend, numerator, weights, "reflect", rows)
+    db = separable_blur(backend, valid.astype(xp.float32), weights, "reflect", rows)
+    if rows is not None:
+        cov, valid = cov[rows], valid[rows]
     with np.errstate(invalid="ignore", divide="ignore"):
         cb = xp.where(db > 0, nb / db, xp.float32(0.0)).astype(xp.float32)
         scale = xp.where(valid, xp.clip(cb / xp.maximum(cov, EPS32), 0.5, 2.0),
