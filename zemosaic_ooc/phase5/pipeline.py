@@ -269,16 +269,12 @@ def _kill_point(stage: str, count: int) -> None:
 
 
 def _release_device_caches(device: Backend) -> None:
-    """Let go of the resident tiles, the handed-over blocks and the kept block samples (the
-    VRAM is the caller's again)."""
-    if device.resident is not None:
-        device.resident.clear()
+    """At the run's end: what :meth:`Backend.free_memory` lets go of (resident tiles, handed-over
+    blocks, kept block samples, CuPy's pools), and the run's caches detached from the device
+    (the VRAM is the caller's again)."""
+    device.free_memory()
     device.resident = None
-    if device.handover is not None:
-        device.handover.clear()
     device.handover = None
-    for shelf in device.shelves:
-        shelf.clear()
     device.shelves = []
 
 
@@ -370,9 +366,11 @@ class BlockRunner:
             self.progress.advance(stage)
             _kill_point(stage, completed)
         self.progress.finish(stage)
-        self.block_stage_seconds[stage] = (self.block_stage_seconds.get(stage, 0.0)
-                                           + time.perf_counter() - stage_started)
+        self._add_seconds(stage, time.perf_counter() - stage_started)
         return results
+
+    def _add_seconds(self, stage: str, seconds: float) -> None:
+        self.block_stage_seconds[stage] = self.block_stage_seconds.get(stage, 0.0) + seconds
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -382,8 +380,7 @@ class BlockRunner:
         try:
             yield
         finally:
-            self.block_stage_seconds[stage] = (self.block_stage_seconds.get(stage, 0.0)
-                                               + time.perf_counter() - started)
+            self._add_seconds(stage, time.perf_counter() - started)
 
     def guarded_values(self, stage: str, values_of: Callable[[Box, Backend], np.ndarray]
                        ) -> Callable[[Box], np.ndarray]:
@@ -965,6 +962,7 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
     samples: MemoryShelf | None = None          # the pass-2 walk's block samples, for pass 2
     lent = 0                                    # device bytes they borrow from the handover
     if "two_pass_tiles" in state:
+        handover.drop((cov_blur, scale_map))          # the gains are known: nothing reads them
         for tile, saved in zip(tiles, state["two_pass_tiles"]):
             tile.two_pass_gain = float(saved["gain"])
             tile.bg_offsets_pass2 = [float("nan") if v is None else float(v) for v in saved["bg2"]]
@@ -1013,7 +1011,6 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
             save_state("two-pass gains", two_pass_tiles=[
                 {"gain": t.two_pass_gain,
                  "bg2": [None if not math.isfinite(v) else v for v in t.bg_offsets_pass2]} for t in tiles])
-    handover.drop((cov_blur, scale_map))          # read by the tile gains alone
     m2 = store.require("stages/pass2_mosaic", (height, width, 3), "float32", (block, block, 3),
                        fill_value=float("nan"))
     c2 = store.require("stages/pass2_coverage", (height, width), "float32", (block, block))
