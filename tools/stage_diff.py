@@ -28,6 +28,7 @@ import json
 import math
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -55,7 +56,10 @@ def store_arrays(root: Path) -> dict[str, Any]:
             else:
                 found[prefix + name] = member
 
-    walk(zarr.open_group(str(root), mode="r"), "")
+    with warnings.catch_warnings():
+        # the run's journal.sqlite sits in the store's folder: zarr warns it is no array
+        warnings.filterwarnings("ignore", message=".*journal.sqlite.*")
+        walk(zarr.open_group(str(root), mode="r"), "")
     return found
 
 
