@@ -163,9 +163,7 @@ def block_pair_offsets(backend: Backend, store: TileStore, tiles: Sequence[TileP
                 sl = (slice(overlap[0] - y0, overlap[1] - y0), slice(overlap[2] - x0, overlap[3] - x0))
                 d = item.data[sl]
                 parts.append((d, xp.isfinite(d) & (item.weight[sl] > 0)))
-            both = parts[0][1] & parts[1][1]
-            diff = parts[0][0] - parts[1][0]
-            local.append(((s.index, t.index), [be.to_host(diff[..., c][both[..., c]]) for c in range(3)]))
+            local.append(((s.index, t.index), overlap_differences(be, parts[0], parts[1])))
         with lock:
             for key, values in local:
                 for c in range(3):
@@ -182,7 +180,25 @@ def block_pair_offsets(backend: Backend, store: TileStore, tiles: Sequence[TileP
         for done, _ in enumerate(done_blocks):
             if progress:
                 progress(done + 1, len(blocks))
-    return [[_median(pieces[(s.index, t.index)][c]) for c in range(3)] for s, t in pairs]
+        # the medians on the pool too (numpy's partition releases the GIL): one per pair and
+        # channel, up to a few ms each, 3 × (number of pairs) of them
+        keys = [((s.index, t.index), c) for s, t in pairs for c in range(3)]
+        medians = (pool.map if workers > 1 else map)(lambda key: _median(pieces[key[0]][key[1]]), keys)
+        found = dict(zip(keys, medians))
+    return [[found[((s.index, t.index), c)] for c in range(3)] for s, t in pairs]
+
+
+def overlap_differences(be: Backend, first: tuple[Any, Any], second: tuple[Any, Any]) -> list[np.ndarray]:
+    """The values d_s − d_t where both tiles count, per channel, on the host (float32).
+
+    ``first`` / ``second``: (data, usable) of the two tiles over the same overlap region, HWC
+    float32 and HWC bool, on ``be``.  The differences are masked with NaN where a tile does not
+    count (a usable difference is finite: both values are) and come back in one copy; the
+    host keeps the finite values of each channel, in row-major order.
+    """
+    xp = be.xp
+    masked = be.to_host(xp.where(first[1] & second[1], first[0] - second[0], xp.float32(np.nan)))
+    return [plane[~np.isnan(plane)] for plane in (masked[..., c] for c in range(3))]
 
 
 def background_offsets(backend: Backend, store: TileStore, tiles: Sequence[TilePlan],

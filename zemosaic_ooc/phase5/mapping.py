@@ -220,6 +220,28 @@ def lagrange_taps(offsets: np.ndarray, step: int) -> np.ndarray:
                      (t + 1.0) * t * (t - 1.0) / 6.0])
 
 
+#: (id of the array module, step) → (the module, the taps of every pixel of a cell on its device)
+_CELL_TAPS: dict[tuple[int, int], tuple[Any, Any]] = {}
+
+
+def cell_taps(step: int, xp: Any = np) -> Any:
+    """:func:`lagrange_taps` of the pixel offsets 0 … step − 1 of a cell, (4, step) float64 on
+    ``xp`` (numpy or cupy).  Every block's mapping uses them: on a device they are copied
+    there once per process, not once per block and tile."""
+    key = (id(xp), int(step))
+    taps = _CELL_TAPS.get(key, (None, None))[1]
+    if taps is None:
+        taps = xp.asarray(lagrange_taps(np.arange(step), step))
+        if isinstance(taps, np.ndarray):
+            taps.flags.writeable = False    # shared by every thread
+        current_stream = getattr(getattr(xp, "cuda", None), "get_current_stream", None)
+        if current_stream is not None:  # pragma: no cover - device only
+            # other threads read it on their own streams: the copy must be complete first
+            current_stream().synchronize()
+        _CELL_TAPS[key] = (xp, taps)        # the module is kept: its id is not reused
+    return taps
+
+
 def node_count(n_pixels: int, step: int) -> int:
     """Control nodes along an axis of ``n_pixels`` for nodes every ``step`` (see :func:`lagrange_matrix`)."""
     return (n_pixels - 1) // step + 1 + 3
@@ -250,7 +272,7 @@ def _expand_rows(nodes: Any, height: int, step: int, xp: Any = np) -> Any:
     its threads would compete with the block workers).  ``xp``: numpy or cupy.
     """
     n_cells = nodes.shape[0] - 3
-    taps = xp.asarray(lagrange_taps(np.arange(step), step)[:, :, None])   # (4, step, 1), every cell
+    taps = cell_taps(step, xp)[:, :, None]                                 # (4, step, 1), every cell
     out = xp.empty((n_cells, step, nodes.shape[1]), dtype=xp.float64)
     xp.multiply(nodes[0:n_cells, None, :], taps[0], out=out)
     for k in range(1, 4):
@@ -265,7 +287,7 @@ def _expand_columns(rows: Any, width: int, step: int, xp: Any = np) -> Any:
     """
     height = rows.shape[0]
     n_cells = rows.shape[1] - 3
-    taps = xp.asarray(lagrange_taps(np.arange(step), step))          # (4, step), every cell
+    taps = cell_taps(step, xp)                                       # (4, step), every cell
     out = xp.empty((height, n_cells, step), dtype=xp.float64)
     term = xp.empty_like(out)
     xp.multiply(rows[:, 0:n_cells, None], taps[0], out=out)

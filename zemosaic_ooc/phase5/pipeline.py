@@ -27,8 +27,8 @@ import psutil
 
 from ..backend import Backend, numpy_backend, select_backend
 from ..concurrency import ordered_map
-from ..device_budget import (device_slots, handover_capacity, max_block_side, resident_capacity,
-                             samples_capacity, task_budget, task_bytes, tiles_per_block)
+from ..device_budget import (device_block_workers, device_slots, handover_capacity, max_block_side,
+                             resident_capacity, samples_capacity, task_budget, task_bytes, tiles_per_block)
 from ..memory import MemoryShelf, release_memory, strip_pixels
 from ..errors import InputError, StoreError
 from ..options import Phase5Options
@@ -311,6 +311,9 @@ class BlockRunner:
     resume: bool = False
     durable: bool = False
     client: Any = None           # a dask.distributed Client: tasks run on its workers
+    #: threads of the block tasks when fewer than ``workers`` (a device run, see
+    #: :func:`~..device_budget.device_block_workers`); the scans of a stage keep ``workers``
+    block_workers: int | None = None
     #: wall seconds of each block stage this runner ran, by stage label, in order (a label run
     #: twice adds up): the finer breakdown of a pipeline stage (e.g. "two-pass")
     block_stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -369,6 +372,11 @@ class BlockRunner:
         self._add_seconds(stage, time.perf_counter() - stage_started)
         return results
 
+    @property
+    def task_workers(self) -> int:
+        """Threads that run a stage's block tasks."""
+        return min(self.workers, self.block_workers or self.workers)
+
     def _add_seconds(self, stage: str, seconds: float) -> None:
         self.block_stage_seconds[stage] = self.block_stage_seconds.get(stage, 0.0) + seconds
 
@@ -403,11 +411,11 @@ class BlockRunner:
             for future in as_completed(list(futures)):
                 result, seconds = future.result()
                 yield futures[future], (result, f"dask:{self.guard.host.name}", seconds, False)
-        elif self.workers <= 1:
+        elif self.task_workers <= 1:
             for k in todo:
                 yield k, call(boxes[k])
         else:
-            with cf.ThreadPoolExecutor(max_workers=self.workers) as pool:
+            with cf.ThreadPoolExecutor(max_workers=self.task_workers) as pool:
                 futures = {pool.submit(call, boxes[k]): k for k in todo}
                 for future in cf.as_completed(futures):
                     yield futures[future], future.result()
@@ -480,6 +488,8 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         backend = numpy_backend(int(opts.memory_budget))
     kwargs_workers = workers
     workers = workers or min(os.cpu_count() or 1, 8)
+    # a device run's block tasks run on fewer threads, with larger blocks (device_budget.py)
+    block_workers = workers if device is None else device_block_workers(workers)
     rss = _PeakRss()
     tile_cache = TileCache(int(opts.memory_budget) // MEMORY_SHARE)
     stages: list[tuple[str, float]] = []
@@ -570,14 +580,14 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
                 raise InputError(opts.grid, f"cannot use as output grid ({exc})") from exc
         else:
             out_wcs, shape_hw = compute_output_grid([geometry(t) for t in tiles])
-        block = choose_block_size(opts, workers, shape_hw,
+        block = choose_block_size(opts, block_workers, shape_hw,
                                   device_budget=None if device is None else task_budget(device.budget_bytes))
         store.attrs_update(shape_hw=list(shape_hw), block=int(block))
     out_grid = OutputGrid(out_wcs, shape_hw)
     journal = Journal(output / "journal.sqlite", durable=bool(getattr(opts, "durable", False)))
     guard = OomGuard(device, backend, max_oom=max_oom, inject=fault_injector)
     runner = BlockRunner(workers, progress, rss, journal, guard, resume=resume,
-                         durable=bool(getattr(opts, "durable", False)))
+                         durable=bool(getattr(opts, "durable", False)), block_workers=block_workers)
     scheduler = str(getattr(opts, "scheduler", "local") or "local")
     cluster = None
     if scheduler != "local":
@@ -614,17 +624,18 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         device.handover = handover
         # VRAM budget: how many block tasks the device holds at once
         most_tiles = tiles_per_block([t.box for t in tiles], blocks)
-        guard.limit_device_tasks(device_slots(task_budget(device.budget_bytes), block * block, most_tiles, workers),
+        guard.limit_device_tasks(device_slots(task_budget(device.budget_bytes), block * block, most_tiles,
+                                              block_workers),
                                  task_bytes=task_bytes(block * block, most_tiles), tiles_per_block=most_tiles)
-        guard.limit_host_tasks(host_replay_slots(opts, block, workers))
+        guard.limit_host_tasks(host_replay_slots(opts, block, block_workers))
         # the prepared tiles stay on the device while they fit their share (phase5/resident.py)
         device.resident = ResidentTiles(resident_capacity(device.budget_bytes,
                                                           sum(resident_bytes(t) for t in tiles)))
         if _cleanup is not None:
             _cleanup.callback(_release_device_caches, device)     # the VRAM is the caller's again after the run
-        log.info("device %s: budget %.2f GiB, blocks of %d px reached by up to %d tiles: %d task(s) at once; "
-                 "%.2f GiB for resident tiles", device.name, device.budget_bytes / 2**30, block, most_tiles,
-                 guard.device_slots, device.resident.capacity / 2**30)
+        log.info("device %s: budget %.2f GiB, blocks of %d px reached by up to %d tiles: %d task(s) at once "
+                 "on %d thread(s); %.2f GiB for resident tiles", device.name, device.budget_bytes / 2**30, block,
+                 most_tiles, guard.device_slots, runner.task_workers, device.resident.capacity / 2**30)
 
     # ---- inter-tile calibration (§3)
     t0 = time.perf_counter()
@@ -684,7 +695,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         strip = strip_pixels(int(opts.memory_budget))
         with runner.timed("background offsets"):
             offsets, _ = background_offsets(
-                backend, tile_store, tiles, out_grid, strip_pixels=strip, workers=workers,
+                backend, tile_store, tiles, out_grid, strip_pixels=strip, workers=runner.task_workers,
                 blocks=blocks, cache=samples_cache,
                 diff_bytes=int(opts.memory_budget) // MEMORY_SHARE, run_on=guard.call,
                 progress=lambda k, n: (progress.advance("background", 0), rss.sample()))
@@ -997,7 +1008,7 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
             # by a walk over pass 2's blocks (when the differences fit), which keeps the samples
             progress.start("pass-2 background", 1, unit="pair")
             offsets, _ = background_offsets(backend, tile_store, tiles, out_grid, two_pass=True,
-                                            strip_pixels=strip, workers=runner.workers,
+                                            strip_pixels=strip, workers=runner.task_workers,
                                             blocks=blocks, cache=samples,
                                             diff_bytes=int(opts.memory_budget) // MEMORY_SHARE,
                                             run_on=runner.guard.call,

@@ -26,8 +26,11 @@ for float32 planes, see :mod:`.coadd`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ..backend import Backend
 
@@ -35,15 +38,19 @@ from ..backend import Backend
 def region_bounds(u: Any, v: Any, full_hw: tuple[int, int], xp: Any) -> tuple[int, int, int, int] | None:
     """Cropped-tile rows/cols (r0, r1, c0, c1) needed to interpolate at (u, v), or None."""
     height, width = full_hw
-    inside = (u >= -0.5) & (u < width - 0.5) & (v >= -0.5) & (v < height - 0.5)  # False on NaN
-    if not bool(inside.any()):
+    if u.size == 0:
         return None
-    us = u[inside]
-    vs = v[inside]
-    c0 = max(0, int(xp.floor(us.min())) - 1)
-    c1 = min(width, int(xp.floor(us.max())) + 3)
-    r0 = max(0, int(xp.floor(vs.min())) - 1)
-    r1 = min(height, int(xp.floor(vs.max())) + 3)
+    inside = _inside(u, v, full_hw)                                   # False on NaN
+    # the extremes of the inside positions, read back in one copy (one device sync)
+    extremes = xp.stack([xp.where(inside, u, np.inf).min(), xp.where(inside, u, -np.inf).max(),
+                         xp.where(inside, v, np.inf).min(), xp.where(inside, v, -np.inf).max()])
+    u_min, u_max, v_min, v_max = (float(x) for x in (extremes.get() if hasattr(extremes, "get") else extremes))
+    if not math.isfinite(u_min):
+        return None                                                   # no position inside
+    c0 = max(0, math.floor(u_min) - 1)
+    c1 = min(width, math.floor(u_max) + 3)
+    r0 = max(0, math.floor(v_min) - 1)
+    r1 = min(height, math.floor(v_max) + 3)
     return (r0, r1, c0, c1)
 
 
