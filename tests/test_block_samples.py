@@ -157,3 +157,30 @@ def test_a_run_samples_each_pass2_block_once(tmp_path, monkeypatch):
     assert calls["pass2"] == 2 * blocks
     kept, resampled = read_window(tmp_path / "kept.zarr")[0], read_window(tmp_path / "resampled.zarr")[0]
     assert np.array_equal(kept, resampled, equal_nan=True)
+
+
+def test_overlap_differences_are_the_usable_differences_of_each_channel_in_row_order():
+    from zemosaic_ooc.backend import numpy_backend
+    from zemosaic_ooc.phase5.background import overlap_differences
+
+    rng = np.random.default_rng(4)
+    d_s, d_t = (rng.normal(100.0, 5.0, (7, 9, 3)).astype(np.float32) for _ in range(2))
+    use_s, use_t = (rng.random((7, 9, 3)) > 0.3 for _ in range(2))
+    use_s[:, :, 2] = False                                     # a channel with nothing usable
+    values = overlap_differences(numpy_backend(), (d_s, use_s), (d_t, use_t))
+    for c in range(3):
+        both = use_s[..., c] & use_t[..., c]
+        np.testing.assert_array_equal(values[c], (d_s - d_t)[..., c][both])
+        assert values[c].dtype == np.float32
+    assert values[2].size == 0
+
+
+def test_region_bounds_cover_the_inside_positions_in_one_pass():
+    from zemosaic_ooc.phase5.resample import region_bounds
+
+    u = np.array([[-3.0, 0.2, 5.7], [np.nan, 8.9, 12.0]])
+    v = np.array([[1.0, 2.6, 3.1], [4.0, np.nan, 0.0]])
+    # inside a 10×10 region (−0.5 … 9.5): (0.2, 2.6), (5.7, 3.1), (8.9, nan → out)
+    assert region_bounds(u, v, (10, 10), np) == (1, 6, 0, 8)
+    assert region_bounds(u + 100.0, v, (10, 10), np) is None   # nothing inside
+    assert region_bounds(np.empty((0, 3)), np.empty((0, 3)), (10, 10), np) is None

@@ -137,3 +137,41 @@ def test_tasks_on_the_host_in_a_device_run_honour_the_host_slots():
     assert names == ["cpu"] * 12 and guard.disabled_reason
     assert probe.peak == 2
     assert guard.summary()["host_slots"] == 2
+
+
+def test_device_block_workers_default_to_four_capped_by_the_workers_and_overridable(monkeypatch):
+    monkeypatch.delenv("ZEMOSAIC_OOC_DEVICE_BLOCK_WORKERS", raising=False)
+    assert db.device_block_workers(16) == db.DEVICE_BLOCK_WORKERS == 4
+    assert db.device_block_workers(2) == 2
+    monkeypatch.setenv("ZEMOSAIC_OOC_DEVICE_BLOCK_WORKERS", "8")
+    assert db.device_block_workers(16) == 8
+    monkeypatch.setenv("ZEMOSAIC_OOC_DEVICE_BLOCK_WORKERS", "0")
+    assert db.device_block_workers(16) == 1
+
+
+def test_a_device_run_holds_its_block_tasks_to_the_device_threads_and_matches_the_cpu(tmp_path, monkeypatch):
+    """Block tasks of a device run run on DEVICE_BLOCK_WORKERS threads however many workers the
+    run has (its blocks are sized for them), and the mosaic is the CPU's."""
+    from golden import assert_same_mosaic, read_store_window
+    from zemosaic_ooc.demo import make_demo_tiles
+
+    monkeypatch.delenv("ZEMOSAIC_OOC_DEVICE_BLOCK_WORKERS", raising=False)
+    tiles = make_demo_tiles(tmp_path / "tiles", nx=3, ny=2, tile_hw=(256, 288), seed=8)
+    opts = Phase5Options(block_size=128)
+    run_pipeline(tiles, tmp_path / "cpu.zarr", opts, workers=8)
+    probe = _Concurrency()
+
+    def inject(stage, box, backend):
+        with probe:
+            time.sleep(0.005)
+
+    summary = run_pipeline(tiles, tmp_path / "dev.zarr", opts, workers=8, device=numpy_as_device_backend(),
+                           fault_injector=inject)
+    assert summary.workers == 8 and summary.device["device_slots"] == db.DEVICE_BLOCK_WORKERS
+    assert 2 <= probe.peak <= db.DEVICE_BLOCK_WORKERS
+    assert_same_mosaic(read_store_window(tmp_path / "dev.zarr"), read_store_window(tmp_path / "cpu.zarr"))
+    # the blocks a device run plans are sized for its block threads, not for every worker
+    shape = (7338, 7327)
+    device_side = choose_block_size(Phase5Options(), db.device_block_workers(16), shape,
+                                    device_budget=db.task_budget(48 << 30))
+    assert device_side > choose_block_size(Phase5Options(), 16, shape, device_budget=db.task_budget(48 << 30))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -49,3 +50,16 @@ def test_the_summary_times_each_block_stage_within_the_pipeline_stages(tmp_path)
     two_pass = dict(summary.stages)["two-pass"]
     assert sum(block[k] for k in ("coverage blur", "two-pass gains", "pass-2 background offsets", "pass2",
                                   "two-pass P5", "merge")) <= two_pass
+
+
+def test_gpu_sweep_runs_each_block_thread_count_with_numpy_standing_in(tmp_path, capsys, monkeypatch):
+    import gpu_sweep
+
+    monkeypatch.delenv("ZEMOSAIC_OOC_DEVICE_BLOCK_WORKERS", raising=False)
+    make_demo_tiles(tmp_path / "tiles", nx=2, ny=2, tile_hw=(160, 176), overlap=0.2, seed=3)
+    assert gpu_sweep.main([str(tmp_path / "tiles"), "--emulate", "--values", "2,1", "--workers", "2",
+                           "--first-pass"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("K=")]
+    assert len(lines) == 2
+    assert "slots 2" in lines[0] and "slots 1" in lines[1] and all("replays 0" in line for line in lines)
+    assert "ZEMOSAIC_OOC_DEVICE_BLOCK_WORKERS" not in os.environ      # the sweep leaves it as it was

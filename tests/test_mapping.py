@@ -174,3 +174,12 @@ def test_a_threads_wcs_goes_to_later_threads_never_to_two_at_once():
         assert len(built) == 5
     finally:
         mapping._wcs_from_header_text = original
+
+
+def test_cell_taps_are_the_lagrange_taps_kept_once_per_module_and_read_only():
+    from zemosaic_ooc.phase5.mapping import cell_taps, lagrange_taps
+
+    taps = cell_taps(16, np)
+    np.testing.assert_array_equal(taps, lagrange_taps(np.arange(16), 16))
+    assert cell_taps(16, np) is taps and not taps.flags.writeable
+    assert cell_taps(8, np).shape == (4, 8)

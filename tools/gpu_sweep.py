@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = {"gpu": "off"}
     if ns.first_pass:
         kwargs.update(two_pass_coverage_renorm=False, patchwork_suppressor_enabled=False)
+    before = os.environ.get("ZEMOSAIC_OOC_DEVICE_BLOCK_WORKERS")
     for _ in range(ns.repeat):
         for value in ns.values.split(","):
             os.environ["ZEMOSAIC_OOC_DEVICE_BLOCK_WORKERS"] = value
@@ -66,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"replays {dev.get('replays')} CPU {LAST_RUN_CPU.get('process_cpu_s', 0):.1f} s | "
                   + ", ".join(f"{n} {s:.2f}" for n, s in summary.stages), flush=True)
             print("      block stages " + ", ".join(f"{n} {s:.2f}" for n, s in summary.block_stages), flush=True)
-    os.environ.pop("ZEMOSAIC_OOC_DEVICE_BLOCK_WORKERS", None)
+    if before is None:
+        os.environ.pop("ZEMOSAIC_OOC_DEVICE_BLOCK_WORKERS", None)
+    else:
+        os.environ["ZEMOSAIC_OOC_DEVICE_BLOCK_WORKERS"] = before
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
