@@ -53,8 +53,9 @@ ASSUMED_TILES_PER_BLOCK = 4
 #: them, so more threads than this contend for the GIL and the CUDA driver instead of
 #: keeping the device busier, and the host memory budget then holds fewer but larger
 #: blocks (fewer calls for the same pixels).  Measured on an H100, 16×2048² full pipeline,
-#: 16 threads, fresh processes (tools/device_gpu_where.sh): 816 px blocks on 16 threads
-#: 12.5 s, 1232 px on 8 threads 11.4 s, 2464 px blocks (4 device tasks at once) 9.3 s.
+#: 16 workers, 2 GiB host budget, after a warm-up (tools/gpu_sweep.py; BENCHMARKS.md §13):
+#: 16 block threads (816 px blocks) 8.62 s, 8 (1232 px) 6.18 s, 4 (1472 px) 5.28 s,
+#: 2 (2448 px) 6.94 s.
 DEVICE_BLOCK_WORKERS = 4
 
 
