@@ -488,8 +488,10 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
         backend = numpy_backend(int(opts.memory_budget))
     kwargs_workers = workers
     workers = workers or min(os.cpu_count() or 1, 8)
-    # a device run's block tasks run on fewer threads, with larger blocks (device_budget.py)
-    block_workers = workers if device is None else device_block_workers(workers)
+    scheduler = str(getattr(opts, "scheduler", "local") or "local")
+    # a device run's block tasks run on fewer threads, with larger blocks (device_budget.py);
+    # with a Dask scheduler they run on its workers, as many as it has
+    block_workers = device_block_workers(workers) if device is not None and scheduler == "local" else workers
     rss = _PeakRss()
     tile_cache = TileCache(int(opts.memory_budget) // MEMORY_SHARE)
     stages: list[tuple[str, float]] = []
@@ -588,7 +590,6 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
     guard = OomGuard(device, backend, max_oom=max_oom, inject=fault_injector)
     runner = BlockRunner(workers, progress, rss, journal, guard, resume=resume,
                          durable=bool(getattr(opts, "durable", False)), block_workers=block_workers)
-    scheduler = str(getattr(opts, "scheduler", "local") or "local")
     cluster = None
     if scheduler != "local":
         from ..schedule.dask import close, make_client
