@@ -44,7 +44,8 @@ def region_bounds(u: Any, v: Any, full_hw: tuple[int, int], xp: Any) -> tuple[in
     # the extremes of the inside positions, read back in one copy (one device sync)
     extremes = xp.stack([xp.where(inside, u, np.inf).min(), xp.where(inside, u, -np.inf).max(),
                          xp.where(inside, v, np.inf).min(), xp.where(inside, v, -np.inf).max()])
-    u_min, u_max, v_min, v_max = (float(x) for x in (extremes.get() if hasattr(extremes, "get") else extremes))
+    host = extremes.get() if hasattr(extremes, "get") else extremes      # cupy: .get() copies to the host
+    u_min, u_max, v_min, v_max = (float(x) for x in host)
     if not math.isfinite(u_min):
         return None                                                   # no position inside
     c0 = max(0, math.floor(u_min) - 1)
