@@ -71,19 +71,12 @@ def pair_offset(backend: Backend, store: TileStore, tile_s: TilePlan, tile_t: Ti
         for (rows, stencil_s), (_, stencil_t) in zip(views[0].chunks(), views[1].chunks()):
             d_s, f_s, _ = views[0].samples(stencil_s)
             d_t, f_t, _ = views[1].samples(stencil_t)
-            both = (f_s > 0) & (f_t > 0)
-            diff = d_s - d_t
+            # f > 0 only where d is finite (TileView.samples)
+            values = overlap_differences(backend, (d_s, f_s > 0), (d_t, f_t > 0))
             for c in range(3):
-                values = diff[..., c][both[..., c]]
-                if values.size:
-                    pieces[c].append(backend.to_host(values))
-    result = []
-    for c in range(3):
-        if pieces[c]:
-            result.append(float(np.median(np.concatenate(pieces[c]))))
-        else:
-            result.append(float("nan"))
-    return result
+                if values[c].size:
+                    pieces[c].append(values[c])
+    return [_median(pieces[c]) for c in range(3)]
 
 
 def solve_offsets(offset_matrix: np.ndarray) -> np.ndarray:

@@ -268,6 +268,19 @@ def _kill_point(stage: str, count: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _retire_samples(samples: MemoryShelf | None, handover: StageHandover) -> None:
+    """After the coadd that used a background walk's block samples: let go of those left
+    (blocks resumed as done leave theirs; nothing reads them now), detach the shelf from the
+    device, and give its share of the VRAM budget to the handover."""
+    if samples is None:
+        return
+    samples.clear()
+    device = handover.device
+    if device is not None and samples in device.shelves:
+        device.shelves.remove(samples)
+    handover.grow(samples.device_capacity)
+
+
 def _release_device_caches(device: Backend) -> None:
     """At the run's end: what :meth:`Backend.free_memory` lets go of (resident tiles, handed-over
     blocks, kept block samples, CuPy's pools), and the run's caches detached from the device
@@ -745,11 +758,7 @@ def _run_pipeline(tile_paths: Sequence[str | Path], output: str | Path,
 
     extents = runner.run("pass1", blocks, pass1_task, recover=pass1_recover, commit=pass1_commit)
     stages.append(("pass1", time.perf_counter() - t0))
-    if samples_cache is not None:
-        samples_cache.clear()          # blocks resumed as done leave theirs; nothing reads them now
-        if device is not None:         # the samples' share of the VRAM budget goes to the handover
-            device.shelves.remove(samples_cache)
-            handover.grow(samples_cache.device_capacity)
+    _retire_samples(samples_cache, handover)
 
     # ---- autocrop (§5.4) and finish (§5.5)
     t0 = time.perf_counter()
@@ -972,7 +981,6 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
 
     state = state if state is not None else {}
     samples: MemoryShelf | None = None          # the pass-2 walk's block samples, for pass 2
-    lent = 0                                    # device bytes they borrow from the handover
     if "two_pass_tiles" in state:
         handover.drop((cov_blur, scale_map))          # the gains are known: nothing reads them
         for tile, saved in zip(tiles, state["two_pass_tiles"]):
@@ -1000,8 +1008,9 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
                 progress.advance("two-pass gains")
             progress.finish("two-pass gains")
         handover.drop((cov_blur, scale_map))          # read by the tile gains alone
-        lent = handover.lend(samples_device_bytes) if keep_samples else 0
-        samples = MemoryShelf(int(opts.memory_budget) // MEMORY_SHARE, device_capacity=lent) if keep_samples else None
+        if keep_samples:     # on the device, within room borrowed from the handover (given back after pass 2)
+            samples = MemoryShelf(int(opts.memory_budget) // MEMORY_SHARE,
+                                  device_capacity=handover.lend(samples_device_bytes))
         if samples is not None and handover.device is not None:
             handover.device.shelves.append(samples)          # an OOM lets go of its device values
         strip = strip_pixels(int(opts.memory_budget))
@@ -1055,11 +1064,7 @@ def run_two_pass(backend: Backend, store: MosaicStore, tile_store: TileStore, ti
         c2[y0:y1, x0:x1]
 
     runner.run("pass2", blocks, pass2_task, recover=pass2_recover, commit=pass2_commit)
-    if samples is not None:
-        samples.clear()          # blocks resumed as done leave theirs; nothing reads them now
-        if handover.device is not None and samples in handover.device.shelves:
-            handover.device.shelves.remove(samples)
-    handover.grow(lent)
+    _retire_samples(samples, handover)
 
     def luminance_values(box: Box, be: Backend) -> np.ndarray:
         own = (slice(box[0], box[1]), slice(box[2], box[3]))
